@@ -1,0 +1,71 @@
+"""minilab: a pocket deep-learning lab in the browser.
+
+    python app.py                      # http://127.0.0.1:7860
+    python app.py --host 0.0.0.0 --port 8080 --share
+
+Models load lazily on first use, so the page is up in seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+
+import gradio as gr
+
+from demos import image, system
+
+TITLE = "minilab"
+INTRO = ("**minilab**: play with real neural networks. Everything here runs on models minilab trained itself, "
+         "offline; hub models join in when they are cached or reachable.")
+
+
+def build_app() -> gr.Blocks:
+    with gr.Blocks(title=TITLE) as demo:
+        gr.Markdown(f"# 🧪 minilab\n{INTRO}")
+        with gr.Tabs():
+            with gr.Tab("Image classification", id="image"):
+                image_tab = image.build()
+            with gr.Tab("System", id="system") as system_page:
+                system_tab = system.build()
+        demo.load(image_tab["refresh"], inputs=image_tab["model"], outputs=image_tab["model"], api_name=False)
+        demo.load(image.describe_model, inputs=image_tab["model"], outputs=image_tab["about"], api_name=False)
+        system_page.select(system_tab["refresh"], outputs=[system_tab["device"], system_tab["models"], system_tab["loaded"]],
+                           api_name=False)
+    return demo
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Start the minilab web app.")
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), help="address to listen on (0.0.0.0 for all)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    parser.add_argument("--share", action="store_true", help="also create a public gradio.live link (needs internet)")
+    parser.add_argument("--max-file-size", default=os.environ.get("MINILAB_MAX_FILE_SIZE", "50mb"), help="upload size cap, e.g. 50mb")
+    parser.add_argument("--concurrency", type=int, default=int(os.environ.get("MINILAB_CONCURRENCY", 2)),
+                        help="requests served at once per event (inference)")
+    parser.add_argument("--queue-size", type=int, default=int(os.environ.get("MINILAB_QUEUE_SIZE", 64)))
+    return parser.parse_args(argv)
+
+
+def warm_up() -> None:
+    """Import torch and load the default model after the page is up, so the first click is quick."""
+    from engine.registry import default_registry
+
+    try:
+        default_registry().get("cifar10")
+    except Exception:  # a missing model shows up in the System tab; never stop the server for it
+        pass
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    demo = build_app()
+    demo.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=args.max_file_size, show_error=True,
+                theme=gr.themes.Soft(), footer_links=["api", "gradio"], prevent_thread_lock=True)
+    threading.Thread(target=warm_up, daemon=True).start()
+    demo.block_thread()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Image classification tab: photo or drawing in, top-5 labels, Grad-CAM, a look inside, and batch mode."""
+from __future__ import annotations
+
+import csv
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+
+from demos.common import friendly_errors, session_key
+from engine.errors import UserError
+from engine.registry import default_registry, hf_image_entry
+
+TASK = "image-classification"
+EXAMPLES = Path(__file__).parent / "examples"
+MAX_BATCH = 200
+
+
+def model_choices(session: str | None) -> list[tuple[str, str]]:
+    return [(f"{e.name}  ·  {e.source}", e.name) for e in default_registry().list(TASK, session)]
+
+
+def about_markdown(classifier) -> str:
+    card = classifier.card
+    metrics = card.get("metrics") or {}
+    lines = [f"### {classifier.name}", card.get("description", "")]
+    lines.append(f"- **Source:** {classifier.source}")
+    if card.get("architecture"):
+        lines.append(f"- **Architecture:** {card['architecture']} {card.get('arch_config', '')}")
+    if card.get("parameters"):
+        lines.append(f"- **Parameters:** {card['parameters']:,}")
+    lines.append(f"- **Classes:** {len(classifier.labels)}" + (f" ({', '.join(classifier.labels)})" if len(classifier.labels) <= 12 else ""))
+    if card.get("training_data"):
+        lines.append(f"- **Training data:** {card['training_data']}")
+    for key, value in metrics.items():
+        if isinstance(value, float) and "accuracy" in key:
+            lines.append(f"- **{key.replace('_', ' ')}:** {value:.2%}")
+    if card.get("command"):
+        lines.append(f"- **Reproduce:** `{card['command']}`")
+    return "\n".join(lines)
+
+
+def _image_from(photo, sketch, source: str):
+    if source == "draw":
+        if not sketch or sketch.get("composite") is None:
+            raise UserError("The drawing is empty: draw a digit (0-9) in the sketchpad first.")
+        return sketch["composite"]
+    if photo is None:
+        raise UserError("No image yet: upload, paste or take a photo first (or click an example).")
+    return photo
+
+
+@friendly_errors
+def classify(model_name: str, photo, sketch, source: str, request: gr.Request):
+    """Top-5, Grad-CAM, timing and the look-inside pictures for one image."""
+    from engine.vision.classify import ShippedClassifier  # torch loads on first use, not at start-up
+    from engine.vision.explain import first_layer_filters, grad_cam, overlay, square_view, stage_activations
+
+    classifier = default_registry().get(model_name, session_key(request))
+    image = _image_from(photo, sketch, source)
+    if source == "draw" and classifier.input_kind != "digit":
+        gr.Warning(f"{classifier.name} was trained on photos; pick 'mnist' for drawn digits.")
+    if source == "photo" and classifier.input_kind == "digit":
+        gr.Info("mnist expects one dark digit on a light background (or the reverse); other photos give guesses.")
+    result = classifier.classify(image)
+    heat = grad_cam(classifier, result["input"], result["class_index"])
+    if isinstance(classifier, ShippedClassifier):
+        seen = classifier.show_input(result["input"])
+        backdrop = seen if classifier.input_kind == "digit" else square_view(image)
+        filters = first_layer_filters(classifier.model)
+        activations = stage_activations(classifier.model, result["input"])
+        seen = seen.resize((128, 128))
+    else:
+        backdrop, seen, filters, activations = square_view(image), None, None, []
+    timing = f"**{result['ms']:.1f} ms** on {classifier.device} (preprocessing + forward pass)"
+    return result["top"], overlay(backdrop, heat), timing, seen, filters, activations
+
+
+@friendly_errors
+def describe_model(model_name: str, request: gr.Request):
+    registry = default_registry()
+    ok, why = registry.availability(model_name, session_key(request))
+    if not ok:
+        return f"### {model_name}\n**Unavailable:** {why}"
+    classifier = registry.get(model_name, session_key(request))
+    return about_markdown(classifier)
+
+
+@friendly_errors
+def classify_batch(model_name: str, files, request: gr.Request):
+    if not files:
+        raise UserError("Choose some images first (you can select several at once).")
+    if len(files) > MAX_BATCH:
+        raise UserError(f"{len(files)} images chosen; batch mode takes up to {MAX_BATCH} at a time.")
+    classifier = default_registry().get(model_name, session_key(request))
+    paths = [f if isinstance(f, str) else f.name for f in files]
+    rows = classifier.classify_many(paths, [Path(p).name for p in paths])
+    table = [[r["file"], r.get("label", ""), round(r.get("probability", 0.0), 4),
+              ", ".join(f"{k} {v:.2f}" for k, v in r.get("top", {}).items()), r["error"]] for r in rows]
+    out = Path(tempfile.mkdtemp(prefix="minilab-batch-")) / "predictions.csv"
+    with open(out, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "label", "probability", "top5", "error"])
+        writer.writerows(table)
+    return table, str(out)
+
+
+@friendly_errors
+def add_hub_model(model_id: str, request: gr.Request):
+    model_id = (model_id or "").strip()
+    if not model_id or " " in model_id:
+        raise UserError("Type a Hugging Face model id such as google/vit-base-patch16-224.")
+    session = session_key(request)
+    default_registry().add(hf_image_entry(model_id, session=session))
+    ok, why = default_registry().availability(model_id, session)
+    if ok:
+        gr.Info(f"{model_id} added ({why}).")
+    else:
+        gr.Warning(f"{model_id} added to the list but is unavailable now: {why}.")
+    return gr.Dropdown(choices=model_choices(session), value=model_id)
+
+
+def refresh_models(current: str, request: gr.Request):
+    """Called on page load and tab select: fine-tuned models of this session appear in the list."""
+    choices = model_choices(session_key(request))
+    values = [value for _, value in choices]
+    return gr.Dropdown(choices=choices, value=current if current in values else (values[0] if values else None))
+
+
+def build() -> dict:
+    """Lay out the tab; return the components other code (app, tests) may want to reach."""
+    choices = model_choices(None)
+    default = "cifar10" if any(v == "cifar10" for _, v in choices) else (choices[0][1] if choices else None)
+    with gr.Row():
+        with gr.Column(scale=5):
+            model = gr.Dropdown(choices=choices, value=default, label="Model", info="shipped models work offline; hub models when cached or online")
+            source = gr.Radio(choices=[("Photo", "photo"), ("Draw a digit", "draw")], value="photo", label="Input")
+            photo = gr.Image(type="filepath", sources=["upload", "webcam", "clipboard"], label="Image", height=300, elem_id="photo-input")
+            sketch = gr.Sketchpad(label="Draw a digit (pick the mnist model)", canvas_size=(280, 280), type="numpy", image_mode="RGBA",
+                                  brush=gr.Brush(default_size=14, colors=["#000000"], default_color="#000000", color_mode="fixed"),
+                                  visible=False, elem_id="sketch-input")
+            run = gr.Button("Classify", variant="primary", elem_id="classify-button")
+            examples = [[str(p), "cifar10"] for p in sorted(EXAMPLES.glob("*.jpg"))]
+            examples += [[str(p), "mnist"] for p in sorted(EXAMPLES.glob("digit_*.png"))]
+            if examples:
+                gr.Examples(examples=examples, inputs=[photo, model], label="Examples: photos for cifar10, digits for mnist")
+        with gr.Column(scale=5):
+            labels = gr.Label(num_top_classes=5, label="Top 5", elem_id="top5")
+            timing = gr.Markdown()
+            cam = gr.Image(label="Grad-CAM: where the evidence for the top class is", type="pil", height=256, interactive=False)
+            with gr.Accordion("Look inside the network", open=False):
+                seen = gr.Image(label="What the network sees (after preprocessing)", type="pil", height=140, interactive=False)
+                filters = gr.Image(label="First layer's filters", type="pil", interactive=False)
+                activations = gr.Gallery(label="Activation maps per stage (strongest channels)", columns=1, height="auto")
+            with gr.Accordion("About this model", open=False):
+                about = gr.Markdown()
+    with gr.Accordion("Batch mode: many images in, a table out", open=False):
+        files = gr.File(file_count="multiple", file_types=["image"], label=f"Images (up to {MAX_BATCH})")
+        batch_run = gr.Button("Classify all")
+        table = gr.Dataframe(headers=["file", "label", "probability", "top5", "error"], label="Predictions", interactive=False)
+        csv_file = gr.File(label="Download as CSV", interactive=False)
+    with gr.Accordion("Add a Hugging Face image classifier", open=False):
+        with gr.Row():
+            hub_id = gr.Textbox(label="Model id", placeholder="google/vit-base-patch16-224", scale=4)
+            hub_add = gr.Button("Add", scale=1)
+
+    source.change(lambda s: (gr.Image(visible=s == "photo"), gr.Sketchpad(visible=s == "draw"),
+                             gr.Dropdown(value="mnist") if s == "draw" else gr.Dropdown()),
+                  inputs=source, outputs=[photo, sketch, model], api_name=False)
+    outputs = [labels, cam, timing, seen, filters, activations]
+    run.click(classify, inputs=[model, photo, sketch, source], outputs=outputs, api_name="classify")
+    photo.upload(classify, inputs=[model, photo, sketch, source], outputs=outputs, api_name=False)
+    model.change(describe_model, inputs=model, outputs=about, api_name="describe_model")
+    batch_run.click(classify_batch, inputs=[model, files], outputs=[table, csv_file], api_name="classify_batch")
+    hub_add.click(add_hub_model, inputs=hub_id, outputs=model, api_name=False)
+    return {"model": model, "about": about, "refresh": refresh_models}

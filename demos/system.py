@@ -1,0 +1,50 @@
+"""System tab: the device minilab chose, memory in use, and every model with its availability."""
+from __future__ import annotations
+
+import gradio as gr
+
+from demos.common import friendly_errors, session_key
+from engine.registry import default_registry
+
+TASKS = ["image-classification", "text-embedding"]
+
+
+def device_markdown() -> str:
+    from engine.device import device_report  # torch loads here, not while the page is being served
+
+    report = device_report()
+    lines = [f"### Device: `{report['device']}`", f"Chosen by: {report['chosen_by']} (set MINILAB_DEVICE to override)"]
+    for key, value in report.items():
+        if key not in ("device", "chosen_by") and value is not None:
+            lines.append(f"- **{key.replace('_', ' ')}:** {round(value, 1) if isinstance(value, float) else value}")
+    return "\n".join(lines)
+
+
+@friendly_errors
+def model_table(request: gr.Request) -> list[list]:
+    """Availability of every model; the hub check answers within a few seconds offline."""
+    registry, session = default_registry(), session_key(request)
+    rows = []
+    for task in TASKS:
+        for entry in registry.list(task, session):
+            ok, why = registry.availability(entry.name, session)
+            rows.append([task, entry.name, entry.source, "yes" if ok else "no", why, entry.description])
+    return rows
+
+
+def loaded_table() -> list[list]:
+    return [[row["model"], row["mb"], "this session" if row["session"] else "shared"] for row in default_registry().loaded()]
+
+
+def refresh(request: gr.Request):
+    return device_markdown(), model_table(request), loaded_table()
+
+
+def build() -> dict:
+    device = gr.Markdown("### Device\nLooking...")
+    models = gr.Dataframe(headers=["task", "model", "source", "available", "why", "description"], label="Models",
+                          interactive=False, wrap=True)
+    loaded = gr.Dataframe(headers=["loaded model", "MB", "owner"], label="Models in memory", interactive=False)
+    check = gr.Button("Check availability again")
+    check.click(refresh, outputs=[device, models, loaded], api_name="system_status")
+    return {"device": device, "models": models, "loaded": loaded, "refresh": refresh}

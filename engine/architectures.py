@@ -1,0 +1,8 @@
+"""Every architecture a model card may name, mapped to the function that builds it from arch_config."""
+from engine.checkpoints import register_architecture
+from engine.rl.dqn import build_qnet
+from engine.vision.nets import build_resnet, build_resnet9
+
+register_architecture("resnet")(build_resnet)
+register_architecture("resnet9")(build_resnet9)
+register_architecture("qnet")(build_qnet)

@@ -1,0 +1,83 @@
+"""Pick the device once: CUDA, then Apple MPS, then the CPU. MINILAB_DEVICE overrides (cpu, cuda, cuda:1, mps)."""
+from __future__ import annotations
+
+import os
+import platform
+from functools import lru_cache
+
+import torch
+
+from engine.errors import UserError
+
+
+@lru_cache(maxsize=None)
+def pick_device() -> torch.device:
+    wanted = os.environ.get("MINILAB_DEVICE", "").strip().lower()
+    if wanted:
+        return resolve_device(wanted)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_device(name: str) -> torch.device:
+    """Turn a user's device name into a torch.device, refusing ones this machine does not have."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise UserError(f"Unknown device {name!r}: use cpu, cuda, cuda:N or mps.") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"Device {name!r} asked for, but this machine has no CUDA GPU.")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"Device {name!r} asked for, but this machine has {torch.cuda.device_count()} GPU(s).")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError(f"Device {name!r} asked for, but Apple MPS is not available here.")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"Device {name!r} is not supported: use cpu, cuda or mps.")
+    return device
+
+
+def _process_memory_mb() -> float | None:
+    """Resident memory of this process, from /proc (Linux) or resource (elsewhere)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / (1024 * 1024) if platform.system() == "Darwin" else peak / 1024
+    except (ImportError, OSError):
+        return None
+
+
+def device_report() -> dict:
+    """What the System tab shows: the chosen device, why, and how much memory is in use."""
+    device = pick_device()
+    report = {
+        "device": str(device),
+        "chosen_by": "MINILAB_DEVICE" if os.environ.get("MINILAB_DEVICE") else "auto (CUDA, then MPS, then CPU)",
+        "torch": torch.__version__,
+        "cpu_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "process_memory_mb": _process_memory_mb(),
+        "python": platform.python_version(),
+    }
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        free, total = torch.cuda.mem_get_info(index)
+        report.update(
+            gpu_name=torch.cuda.get_device_name(index),
+            gpu_memory_total_mb=round(total / 2**20),
+            gpu_memory_free_mb=round(free / 2**20),
+            gpu_memory_allocated_by_torch_mb=round(torch.cuda.memory_allocated(index) / 2**20),
+        )
+    elif device.type == "mps":
+        report["mps_memory_allocated_mb"] = round(torch.mps.current_allocated_memory() / 2**20)
+    return report

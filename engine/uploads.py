@@ -1,0 +1,161 @@
+"""Safe reading of what users upload: zips and folders of images sorted into class folders.
+
+Everything is checked before it is trusted: paths that climb out of the target (zip-slip), zip bombs
+(total size and compression ratio are capped), symlinks, nested archives, hidden and system files
+(__MACOSX, .DS_Store) and non-image files. What is skipped is listed with a reason, so the UI can say
+what it understood. Nothing is written outside the folder it is given.
+"""
+from __future__ import annotations
+
+import shutil
+import stat
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from engine.errors import UserError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jfif"}
+ARCHIVE_SUFFIXES = {".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar"}
+SYSTEM_NAMES = {"__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini", ".git"}
+
+
+@dataclass
+class ZipLimits:
+    max_files: int = 20_000
+    max_total_bytes: int = 1 * 2**30  # uncompressed
+    max_member_bytes: int = 100 * 2**20
+    max_ratio: float = 200.0  # uncompressed / compressed, per member; real images compress far less
+
+
+@dataclass
+class ClassFolderDataset:
+    root: Path
+    files: list[Path] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted(set(self.labels))
+
+    def counts(self) -> dict[str, int]:
+        return {name: self.labels.count(name) for name in self.classes}
+
+
+def _is_hidden_or_system(parts: tuple[str, ...]) -> bool:
+    return any(part in SYSTEM_NAMES or part.startswith(".") or part.startswith("._") for part in parts)
+
+
+def safe_extract_zip(zip_path: str | Path, into: str | Path, limits: ZipLimits = ZipLimits()) -> tuple[Path, list[tuple[str, str]]]:
+    """Extract the members worth keeping into `into`; return it and the (name, reason) list of skipped ones."""
+    zip_path, into = Path(zip_path), Path(into)
+    name = zip_path.name
+    try:
+        archive = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as error:
+        raise UserError(f"{name} is not a readable zip file.") from error
+    skipped: list[tuple[str, str]] = []
+    with archive:
+        members = archive.infolist()
+        if len(members) > limits.max_files:
+            raise UserError(f"{name} holds {len(members):,} entries; the limit is {limits.max_files:,}.")
+        total = sum(member.file_size for member in members)
+        if total > limits.max_total_bytes:
+            raise UserError(f"{name} unpacks to {total / 2**20:,.0f} MB; the limit is {limits.max_total_bytes / 2**20:,.0f} MB.")
+        into.mkdir(parents=True, exist_ok=True)
+        root = into.resolve()
+        for member in members:
+            if member.is_dir():
+                continue
+            parts = PurePosixPath(member.filename.replace("\\", "/")).parts
+            if member.filename.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
+                raise UserError(f"{name} contains an unsafe path {member.filename!r} (it points outside the archive).")
+            if _is_hidden_or_system(parts):
+                skipped.append((member.filename, "hidden or system file"))
+                continue
+            if stat.S_ISLNK(member.external_attr >> 16):
+                skipped.append((member.filename, "symbolic link"))
+                continue
+            suffix = PurePosixPath(member.filename).suffix.lower()
+            if suffix in ARCHIVE_SUFFIXES:
+                skipped.append((member.filename, "archive inside the archive (not opened)"))
+                continue
+            if member.file_size > limits.max_member_bytes:
+                skipped.append((member.filename, f"larger than {limits.max_member_bytes >> 20} MB"))
+                continue
+            if member.compress_size and member.file_size / member.compress_size > limits.max_ratio and member.file_size > 2**20:
+                raise UserError(f"{name}: {member.filename!r} expands {member.file_size / member.compress_size:,.0f}-fold; "
+                                "this looks like a zip bomb.")
+            target = (root / Path(*parts)).resolve()
+            if root not in target.parents:
+                raise UserError(f"{name} contains an unsafe path {member.filename!r}.")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            written = 0
+            try:
+                with archive.open(member) as source, open(target, "wb") as sink:
+                    while chunk := source.read(1 << 20):
+                        written += len(chunk)
+                        if written > limits.max_member_bytes:  # the header lied about the size
+                            raise UserError(f"{name}: {member.filename!r} is larger than its header says.")
+                        sink.write(chunk)
+            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as error:
+                target.unlink(missing_ok=True)
+                raise UserError(f"{name}: {member.filename!r} is damaged, encrypted or uses an unsupported "
+                                f"compression and cannot be unpacked ({error}).") from error
+    return root, skipped
+
+
+def _class_root(folder: Path) -> Path:
+    """Accept both `cats/…, dogs/…` at the top and one wrapping folder `pets/cats/…, pets/dogs/…`."""
+    visible = [p for p in folder.iterdir() if not _is_hidden_or_system((p.name,))]
+    dirs = [p for p in visible if p.is_dir() and not p.is_symlink()]
+    files = [p for p in visible if p.is_file()]
+    if len(dirs) == 1 and not files:
+        inner = [p for p in dirs[0].iterdir() if p.is_dir() and not _is_hidden_or_system((p.name,))]
+        if inner:
+            return dirs[0]
+    return folder
+
+
+def read_class_folders(path: str | Path, workdir: str | Path | None = None) -> ClassFolderDataset:
+    """A folder (or a zip of one) with one sub-folder of images per class -> files and labels."""
+    path = Path(path)
+    skipped: list[tuple[str, str]] = []
+    if path.is_file():
+        if path.suffix.lower() != ".zip":
+            raise UserError(f"{path.name}: expected a zip of class folders or a folder.")
+        if workdir is None:
+            raise UserError("internal: a working folder is needed to unpack a zip")
+        path, skipped = safe_extract_zip(path, Path(workdir) / "data")
+    if not path.is_dir():
+        raise UserError(f"{path} is neither a folder nor a zip file.")
+    root = _class_root(path)
+    dataset = ClassFolderDataset(root=root, skipped=skipped)
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        if _is_hidden_or_system((class_dir.name,)) or class_dir.is_symlink():
+            continue
+        for file in sorted(class_dir.rglob("*")):
+            relative = file.relative_to(root)
+            if file.is_dir():
+                continue
+            if file.is_symlink():
+                dataset.skipped.append((str(relative), "symbolic link"))
+            elif _is_hidden_or_system(relative.parts):
+                dataset.skipped.append((str(relative), "hidden or system file"))
+            elif file.suffix.lower() not in IMAGE_SUFFIXES:
+                dataset.skipped.append((str(relative), f"not an image ({file.suffix or 'no extension'})"))
+            else:
+                dataset.files.append(file)
+                dataset.labels.append(class_dir.name)
+    for loose in sorted(p for p in root.iterdir() if p.is_file()):
+        if not _is_hidden_or_system((loose.name,)):
+            dataset.skipped.append((loose.name, "not inside a class folder"))
+    if not dataset.files:
+        raise UserError(f"No images found in class folders under {path.name}: expected one sub-folder of images per class.")
+    return dataset
+
+
+def remove_tree(path: str | Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

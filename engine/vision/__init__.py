@@ -1,0 +1,1 @@
+"""Image classification: networks, preprocessing, training, inference and explanations."""

@@ -1,0 +1,108 @@
+"""End to end in a real browser: the Image classification tab, photo upload and drawing pad.
+
+Needs Debian's Chromium at /usr/bin/chromium and the `playwright` package (no downloaded browsers);
+the app runs in a subprocess with MINILAB_OFFLINE=1. Screenshots go to /tmp/e2e_photo.png and /tmp/e2e_sketch*.png.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import CHROMIUM, ROOT
+
+pytest.importorskip("playwright.sync_api", reason="the `playwright` Python package is not installed")
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"no Chromium at {CHROMIUM} (Debian package `chromium`); browser tests need it", allow_module_level=True)
+
+CIFAR10 = {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"}
+DIGITS = {str(d) for d in range(10)}
+LABELS_BY_MODEL = {"cifar10": CIFAR10, "mnist": DIGITS}
+RESULT_TIMEOUT_MS = 60_000
+
+TOP_LABEL = "#top5 [data-testid='label-output-value']"
+# the top label, or the error badge of the status tracker: whichever comes first ends the wait
+RESULT_OR_ERROR = f"{TOP_LABEL}, #top5 [data-testid='status-tracker'] .error"
+
+
+def model_name(page) -> str:
+    """The model the dropdown shows; its text is 'name  ·  source'."""
+    shown = page.get_by_role("combobox", name="Model").input_value()
+    return shown.split("·")[0].strip()
+
+
+def wait_for_result(page, screenshot: str) -> tuple[str, list[str]]:
+    """Wait for #top5 to show a prediction; return (top label, the 5 labels). Fails with the app's error if any."""
+    page.wait_for_selector(RESULT_OR_ERROR, timeout=RESULT_TIMEOUT_MS)
+    if page.locator(TOP_LABEL).count() == 0:
+        page.screenshot(path=screenshot, full_page=True)
+        toasts = page.locator("[data-testid='toast-body']").all_inner_texts()
+        pytest.fail(f"classification failed in the browser: {toasts or page.locator('#top5').inner_text()!r} (see {screenshot})")
+    top = page.locator(TOP_LABEL).inner_text().strip()
+    rows = [t.strip() for t in page.locator("#top5 dt.text").all_inner_texts()]
+    return top, rows
+
+
+def test_photo_upload_shows_a_label(page):
+    expected = LABELS_BY_MODEL.get(model_name(page), CIFAR10 | DIGITS)
+    page.locator("#photo-input input[type=file]").set_input_files(str(ROOT / "demos" / "examples" / "cat.jpg"))
+    # uploading triggers classification; no click needed
+    top, rows = wait_for_result(page, "/tmp/e2e_photo.png")
+    page.screenshot(path="/tmp/e2e_photo.png", full_page=True)
+    assert top in expected, f"top label {top!r} is not a label of {model_name(page)}: {sorted(expected)}"
+    assert len(rows) == min(5, len(expected)) and set(rows) <= expected, rows
+    assert rows[0] == top
+
+
+# strokes as fractions of the 280x280 drawing area: (x, y) points of one pen-down polyline each
+STROKES = {
+    "1": [[(0.52, 0.15), (0.50, 0.85)]],
+    "7": [[(0.25, 0.20), (0.75, 0.20), (0.45, 0.85)]],
+}
+
+
+def drawing_area(page) -> tuple[float, float, float]:
+    """(left, top, side) in page pixels of the 280x280 image inside the sketchpad's pixi canvas.
+
+    The editor centres the image in its canvas and shows it at the zoom printed in its toolbar (e.g. '104%')."""
+    canvas = page.locator("#sketch-input .pixi-target canvas")
+    canvas.wait_for(state="visible")
+    box = canvas.bounding_box()
+    zoom_text = page.locator("#sketch-input .zoom-number").inner_text().strip().rstrip("%")
+    try:
+        side = 280 * float(zoom_text) / 100
+    except ValueError:
+        side = 0.8 * min(box["width"], box["height"])
+    side = min(side, box["width"], box["height"])
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    return cx - side / 2, cy - side / 2, side
+
+
+def draw(page, strokes: list[list[tuple[float, float]]], steps_per_segment: int = 12) -> None:
+    left, top, side = drawing_area(page)
+    for stroke in strokes:
+        points = [(left + x * side, top + y * side) for x, y in stroke]
+        page.mouse.move(*points[0])
+        page.mouse.down()
+        for (x0, y0), (x1, y1) in zip(points, points[1:]):
+            page.mouse.move(x1, y1, steps=steps_per_segment)
+        page.mouse.up()
+
+
+@pytest.mark.parametrize("digit", ["1", "7"])
+def test_drawing_pad_recognises_a_digit(page, digit):
+    page.get_by_role("radio", name="Draw a digit").check()
+    page.locator("#sketch-input").wait_for(state="visible")
+    # the radio's change event switches the dropdown to mnist on the server: wait for it before classifying
+    page.wait_for_function("() => (document.querySelector('input[role=combobox][aria-label=Model]') || {}).value?.startsWith('mnist')")
+    # the pad starts with no tool selected ('select the draw tool to start'): pick the brush
+    page.locator("#sketch-input button[aria-label='Brush']").click()
+    draw(page, STROKES[digit])
+    # a committed stroke enables Undo
+    page.locator("#sketch-input button[aria-label='Undo']:not([disabled])").wait_for()
+    page.locator("#classify-button").click()
+    screenshot = "/tmp/e2e_sketch.png" if digit == "1" else f"/tmp/e2e_sketch_{digit}.png"
+    top, rows = wait_for_result(page, screenshot)
+    page.screenshot(path=screenshot)
+    assert model_name(page) == "mnist"
+    assert top == digit, f"drew a {digit}, the model says {top!r} (top 5: {rows}); see {screenshot}"

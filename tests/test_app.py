@@ -1,0 +1,95 @@
+"""The app through gradio_client against a launched server: classify, batch mode, errors, system status."""
+import socket
+
+import pytest
+from gradio_client import Client, handle_file
+
+from tests.conftest import draw_strokes, render_digit
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def client():
+    from app import build_app
+
+    demo = build_app()
+    demo.queue(default_concurrency_limit=2)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, show_error=True, max_file_size="5mb")
+    yield Client(f"http://127.0.0.1:{port}/", verbose=False)
+    demo.close()
+
+
+def test_classify_a_digit_photo(client, tmp_path):
+    path = tmp_path / "seven.png"
+    draw_strokes([[(0.25, 0.2), (0.75, 0.2), (0.45, 0.85)]], transparent=False).save(path)
+    top, cam, timing, seen, filters, activations = client.predict("mnist", handle_file(str(path)), None, "photo", api_name="/classify")
+    assert top["label"] == "7"
+    assert len(top["confidences"]) == 5
+    assert "ms" in timing and cam and seen and filters
+    assert len(activations) == 4
+
+
+def test_classify_the_drawing_pad(client, tmp_path):
+    path = tmp_path / "one.png"
+    draw_strokes([[(0.52, 0.15), (0.5, 0.85)]]).save(path)
+    sketch = {"background": None, "layers": [], "composite": handle_file(str(path))}
+    top = client.predict("mnist", None, sketch, "draw", api_name="/classify")[0]
+    assert top["label"] == "1"
+
+
+def test_bad_inputs_get_messages_and_the_server_survives(client, tmp_path):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="No image yet"):
+        client.predict("mnist", None, None, "photo", api_name="/classify")
+    empty = tmp_path / "empty.png"
+    draw_strokes([]).save(empty)
+    with pytest.raises(AppError, match="empty"):
+        client.predict("mnist", None, {"background": None, "layers": [], "composite": handle_file(str(empty))}, "draw", api_name="/classify")
+    broken = tmp_path / "broken.png"
+    render_digit("3").save(broken)
+    broken.write_bytes(broken.read_bytes()[:300])
+    with pytest.raises(AppError, match="damaged or truncated"):
+        client.predict("mnist", handle_file(str(broken)), None, "photo", api_name="/classify")
+    text = tmp_path / "notes.png"
+    text.write_text("hello, not an image")
+    with pytest.raises(AppError):
+        client.predict("mnist", handle_file(str(text)), None, "photo", api_name="/classify")
+    with pytest.raises(AppError, match="unavailable"):
+        client.predict("torchvision/resnet50", handle_file(str(broken)), None, "photo", api_name="/classify")
+    good = tmp_path / "three.png"
+    render_digit("3", stroke=2).save(good)
+    assert client.predict("mnist", handle_file(str(good)), None, "photo", api_name="/classify")[0]["label"] == "3"
+
+
+def test_batch_mode_returns_a_table_and_csv(client, tmp_path):
+    files = []
+    for digit in "0147":
+        path = tmp_path / f"{digit}.png"
+        render_digit(digit, stroke=2).save(path)
+        files.append(handle_file(str(path)))
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"\x00" * 100)
+    files.append(handle_file(str(junk)))
+    table, csv_path = client.predict("mnist", files, api_name="/classify_batch")
+    rows = table["data"]
+    assert [row[0] for row in rows] == ["0.png", "1.png", "4.png", "7.png", "junk.jpg"]
+    assert sum(row[1] == row[0][0] for row in rows[:4]) >= 3
+    assert rows[-1][4]  # the unreadable file has an error message, the rest still classified
+    with open(csv_path) as handle:
+        assert handle.readline().strip() == "file,label,probability,top5,error"
+
+
+def test_system_status_lists_models_with_reasons(client):
+    device, models, loaded = client.predict(api_name="/system_status")
+    assert "Device" in device
+    rows = models["data"]
+    by_name = {row[1]: row for row in rows}
+    assert by_name["mnist"][3] == "yes"
+    assert by_name["torchvision/resnet50"][3] == "no" and "offline" in by_name["torchvision/resnet50"][4]

@@ -1,0 +1,33 @@
+import numpy as np
+from PIL import Image
+
+from engine.vision.classify import ShippedClassifier
+from engine.vision.explain import first_layer_filters, grad_cam, overlay, stage_activations
+
+
+def test_grad_cam_has_the_input_shape_and_unit_range(tiny_image_model):
+    classifier = ShippedClassifier(tiny_image_model)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8))
+    result = classifier.classify(image)
+    heat = grad_cam(classifier, result["input"], result["class_index"])
+    assert heat.shape == (32, 32)
+    assert heat.min() >= 0 and abs(heat.max() - 1) < 1e-6
+    assert overlay(image, heat, size=128).size == (128, 128)
+
+
+def test_grad_cam_points_at_the_digit(shipped_mnist):
+    from tests.conftest import render_digit
+
+    result = shipped_mnist.classify(render_digit("1"))
+    heat = grad_cam(shipped_mnist, result["input"], result["class_index"])
+    assert heat[:, 10:18].mean() > heat[:, :4].mean()  # the evidence for "1" sits in the middle columns
+
+
+def test_look_inside_pictures(tiny_image_model):
+    classifier = ShippedClassifier(tiny_image_model)
+    filters = first_layer_filters(classifier.model)
+    assert filters.mode == "RGB" and filters.width > 32
+    result = classifier.classify(Image.new("RGB", (32, 32), "red"))
+    maps = stage_activations(classifier.model, result["input"])
+    assert len(maps) == 4  # stem + 3 stages
+    assert all(isinstance(picture, Image.Image) and caption for picture, caption in maps)

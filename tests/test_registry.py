@@ -1,0 +1,130 @@
+"""The model registry: offline answers, lazy loading, the cache bound, session isolation, and the real
+hub loading code exercised on tiny models the tests create and save locally."""
+import socket
+import time
+
+import pytest
+import torch
+
+from engine import registry as registry_module
+from engine.errors import UserError
+from engine.registry import ModelEntry, Registry, build_default_registry, hf_image_entry
+
+
+@pytest.fixture(autouse=True)
+def forget_reachability():
+    registry_module._reach.checked_at.clear()
+    registry_module._reach.answer.clear()
+    yield
+    registry_module._reach.checked_at.clear()
+    registry_module._reach.answer.clear()
+
+
+def test_shipped_models_are_listed_and_available():
+    registry = build_default_registry()
+    names = [entry.name for entry in registry.list("image-classification")]
+    assert "mnist" in names and "cifar10" in names
+    assert registry.availability("mnist") == (True, "shipped with minilab")
+
+
+def test_hub_models_unavailable_offline_with_reason_and_quickly(monkeypatch):
+    monkeypatch.setenv("MINILAB_OFFLINE", "1")
+    registry = build_default_registry()
+    started = time.perf_counter()
+    hub = [entry for entry in registry.list("image-classification") if entry.source == "hub"]
+    assert hub, "the hub models should be listed even offline"
+    for entry in hub:
+        ok, why = registry.availability(entry.name)
+        assert not ok and "offline" in why
+    assert time.perf_counter() - started < 5
+    with pytest.raises(UserError, match="unavailable"):
+        registry.get(hub[0].name)
+
+
+def test_reachability_check_gives_up_within_seconds(monkeypatch):
+    monkeypatch.delenv("MINILAB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    def hangs(*args, **kwargs):
+        time.sleep(30)
+
+    monkeypatch.setattr(socket, "create_connection", hangs)
+    started = time.perf_counter()
+    ok, why = registry_module.host_reachable("https://hub.example")
+    assert not ok and "did not answer" in why
+    assert time.perf_counter() - started < registry_module.REACHABILITY_TIMEOUT + 1.5
+
+
+def test_lazy_loading_happens_once_and_cache_is_bounded():
+    calls = []
+
+    def loader(name):
+        def load():
+            calls.append(name)
+            return torch.nn.Linear(256, 256)  # about 0.25 MB
+
+        return load
+
+    registry = Registry(max_cache_mb=0.3)
+    for name in ("a", "b"):
+        registry.add(ModelEntry(name=name, task="t", source="shipped", description="", load=loader(name)))
+    assert calls == []  # nothing loads before use
+    first = registry.get("a")
+    assert registry.get("a") is first and calls == ["a"]
+    registry.get("b")  # pushes "a" out: only one fits
+    assert [row["model"] for row in registry.loaded()] == ["b"]
+    registry.get("a")
+    assert calls == ["a", "b", "a"]
+
+
+def test_session_models_are_private():
+    registry = Registry()
+    registry.add(ModelEntry(name="mine", task="t", source="session", description="", load=lambda: object(), session="alice"))
+    assert [e.name for e in registry.list("t", "alice")] == ["mine"]
+    assert registry.list("t", "bob") == []
+    with pytest.raises(UserError):
+        registry.get("mine", "bob")
+    registry.remove_session("alice")
+    assert registry.list("t", "alice") == []
+
+
+def test_transformers_image_classifier_loads_from_local_folder(tmp_path):
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=32, num_labels=3, id2label={0: "apple", 1: "pear", 2: "plum"},
+                       label2id={"apple": 0, "pear": 1, "plum": 2})
+    ViTForImageClassification(config).save_pretrained(tmp_path)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path)
+    registry = Registry()
+    registry.add(hf_image_entry(str(tmp_path)))
+    assert registry.availability(str(tmp_path)) == (True, "local folder")
+    classifier = registry.get(str(tmp_path))
+    result = classifier.classify(torch.zeros(3, 50, 40).numpy().transpose(1, 2, 0))
+    assert set(result["top"]) == {"apple", "pear", "plum"}
+    assert abs(sum(result["top"].values()) - 1) < 1e-5
+
+    from engine.vision.explain import grad_cam
+
+    heat = grad_cam(classifier, result["input"], result["class_index"])
+    assert heat.shape == (32, 32)
+
+
+def test_torchvision_classifier_loads_cached_weights(tmp_path, monkeypatch):
+    """The real weights-API path, with a cache we fill ourselves (random weights under the expected name)."""
+    import torchvision
+
+    from engine.vision.classify import TorchvisionClassifier, torchvision_weights_cached
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    weights = torchvision.models.get_model_weights("mobilenet_v3_small").DEFAULT
+    assert not torchvision_weights_cached(weights)
+    with pytest.raises(UserError, match="not in the local cache"):
+        TorchvisionClassifier("mobilenet_v3_small")
+    (tmp_path / "checkpoints").mkdir()
+    model = torchvision.models.mobilenet_v3_small(num_classes=1000)
+    torch.save(model.state_dict(), tmp_path / "checkpoints" / weights.url.rsplit("/", 1)[-1])
+    classifier = TorchvisionClassifier("mobilenet_v3_small")
+    assert len(classifier.labels) == 1000 and classifier.labels[0] == "tench"
+    result = classifier.classify(torch.rand(64, 80, 3).mul(255).byte().numpy())
+    assert len(result["top"]) == 5
