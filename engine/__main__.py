@@ -3,6 +3,8 @@
     python -m engine train cifar10 --epochs 100 --json
     python -m engine train mnist --json
     python -m engine eval image-classification --model cifar10 --data my_images.zip --json
+    python -m engine train cartpole --seed 0 --budget-steps 50000 --json
+    python -m engine eval cartpole --model cartpole --episodes 100 --json
 
 With --json the last line printed is one JSON object. User mistakes exit with status 2 and a message.
 """
@@ -45,28 +47,90 @@ def cmd_train(args: argparse.Namespace) -> dict:
             config.blocks = [int(b) for b in args.blocks.split(",")]
         if args.cutout is not None:
             config.augment.cutout = args.cutout
+        stages = len(config.blocks) + (1 if config.architecture == "resnet9" else 0)
+        if len(config.widths) != stages or min(config.widths) < 1 or min(config.blocks) < 0:
+            raise UserError(f"{config.architecture} with blocks {config.blocks} needs {stages} positive widths "
+                            f"({'the stem, then one per stage' if config.architecture == 'resnet9' else 'one per stage'}); "
+                            f"got {config.widths}.")
         if config.epochs < 1 or config.batch_size < 1 or config.lr <= 0:
             raise UserError("epochs and batch size must be at least 1 and the learning rate positive.")
         folder, metrics = train_shipped_model(config, on_progress=_print_progress, command=_command_line())
         metrics.pop("history", None)
         return {"model": str(folder), **metrics}
+    if args.model == "cartpole":
+        return train_cartpole(args)
     raise UserError(f"Unknown model to train: {args.model!r}.")
+
+
+def _print_rl_progress(event: dict) -> None:
+    if event.get("kind") == "eval":
+        print(f"step {event['step']} greedy eval mean return {event['mean_return']:.1f}", file=sys.stderr, flush=True)
+
+
+def train_cartpole(args: argparse.Namespace) -> dict:
+    from engine.rl.dqn import DQNConfig, save_agent, train_dqn
+
+    config = DQNConfig()
+    if args.budget_steps is not None:
+        config.total_steps = args.budget_steps
+    if args.seed is not None:
+        config.seed = args.seed
+    if args.lr is not None:
+        config.lr = args.lr
+    if args.batch_size is not None:
+        config.batch_size = args.batch_size
+    config.validate()
+    qnet, metrics = train_dqn(config, on_progress=_print_rl_progress)
+    metrics.pop("evals", None)
+    folder = save_agent(qnet, args.out or "checkpoints/cartpole", config, metrics, _command_line())
+    return {"model": str(folder), **metrics}
 
 
 def cmd_eval(args: argparse.Namespace) -> dict:
     if args.task == "image-classification":
         from engine.vision.evaluate import evaluate_class_folders
 
+        if not args.data:
+            raise UserError("--data is required: a class-folder dataset (a folder or a zip of one).")
+
         return evaluate_class_folders(args.model, args.data, batch_size=args.batch_size)
+    if args.task == "cartpole":
+        from engine.rl.dqn import evaluate_agent, load_agent
+
+        if args.episodes < 1 or args.episodes > 10_000:
+            raise UserError("--episodes must be between 1 and 10,000.")
+        qnet = _load_cartpole_agent(args.model)
+        result = evaluate_agent(qnet, episodes=args.episodes, seed0=0)
+        return {"mean_return": result["mean_return"], "std_return": result["std_return"], "episodes": result["episodes"]}
     raise UserError(f"Unknown task to evaluate: {args.task!r}.")
+
+
+def _load_cartpole_agent(model: str):
+    """A registered agent name, an agent folder, or a zip of one."""
+    import tempfile
+    from pathlib import Path
+
+    from engine.checkpoints import unpack_model_zip
+    from engine.rl.dqn import load_agent
+    from engine.registry import default_registry
+
+    path = Path(model)
+    if path.suffix.lower() == ".zip" and path.is_file():
+        path = unpack_model_zip(path, tempfile.mkdtemp(prefix="minilab-agent-"))
+    if path.is_dir():
+        return load_agent(path)[0]
+    entry = default_registry().entry(model)
+    if entry.task != "rl":
+        raise UserError(f"{model} is a {entry.task} model, not a reinforcement-learning agent.")
+    return default_registry().get(model)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine", description="minilab engine: train and evaluate models.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train a shipped model from ../shared/data")
-    train.add_argument("model", choices=["cifar10", "mnist"])
+    train = commands.add_parser("train", help="train a shipped model: cifar10 and mnist from ../shared/data, cartpole in gymnasium")
+    train.add_argument("model", choices=["cifar10", "mnist", "cartpole"])
     train.add_argument("--architecture", choices=["resnet9", "resnet"], help="network family (default per model)")
     train.add_argument("--epochs", type=int)
     train.add_argument("--batch-size", type=int)
@@ -81,13 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="model folder to write (default checkpoints/NAME)")
     train.add_argument("--time-budget", type=float, help="stop training after this many seconds")
     train.add_argument("--device", help="cpu, cuda or mps (default: automatic)")
+    train.add_argument("--budget-steps", type=int, help="cartpole: environment steps to train for (default 50,000)")
     train.add_argument("--json", action="store_true", help="print one JSON line last")
     train.set_defaults(func=cmd_train)
 
     evaluate = commands.add_parser("eval", help="evaluate a model on a dataset")
-    evaluate.add_argument("task", choices=["image-classification"])
+    evaluate.add_argument("task", choices=["image-classification", "cartpole"])
     evaluate.add_argument("--model", required=True, help="a registered model name, a model folder or a model zip")
-    evaluate.add_argument("--data", required=True, help="a class-folder dataset: a folder or a zip of one")
+    evaluate.add_argument("--data", help="image-classification: a class-folder dataset, a folder or a zip of one")
+    evaluate.add_argument("--episodes", type=int, default=100, help="cartpole: greedy episodes, seeds 0..N-1")
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.add_argument("--json", action="store_true", help="print one JSON line last")
     evaluate.set_defaults(func=cmd_eval)

@@ -234,24 +234,35 @@ def hf_local_only(model_id: str) -> bool:
     return isinstance(try_to_load_from_cache(model_id, "config.json"), str) or not host_reachable(HF_ENDPOINT)[0]
 
 
-def image_model_entry_for_folder(folder: Path, name: str, source: str, session: str | None = None) -> ModelEntry:
+def _load_folder(folder: Path, task: str, name: str) -> object:
+    """The loaded model of a minilab model folder: an image classifier or an RL agent, by the card's task."""
+    from engine.device import pick_device
+
+    if task == "rl":
+        from engine.rl.dqn import load_agent
+
+        return load_agent(folder)[0]
+    from engine.vision.classify import ShippedClassifier
+
+    return ShippedClassifier(folder, pick_device(), name=name)
+
+
+def model_entry_for_folder(folder: Path, name: str, source: str, session: str | None = None) -> ModelEntry:
+    """A registry entry for a minilab model folder (shipped, or made by a session), from its card."""
     from engine.checkpoints import read_card
 
     import engine.architectures  # noqa: F401
 
     card = read_card(folder)
     metrics = card.get("metrics", {})
-    accuracy = metrics.get("val_accuracy")
-    description = card.get("description", card["name"]) + (f" Validation accuracy {accuracy:.1%}." if accuracy else "")
-
-    def load() -> object:
-        from engine.device import pick_device
-        from engine.vision.classify import ShippedClassifier
-
-        return ShippedClassifier(folder, pick_device(), name=name)
-
-    return ModelEntry(name=name, task=card["task"], source=source, description=description, load=load,
-                      check=shipped_check(folder), session=session, folder=folder)
+    description = card.get("description", card["name"])
+    if metrics.get("val_accuracy") is not None:
+        description += f" Validation accuracy {metrics['val_accuracy']:.1%}."
+    if metrics.get("final100_mean") is not None:
+        description += f" Mean return {metrics['final100_mean']:.1f} over 100 episodes."
+    return ModelEntry(name=name, task=card["task"], source=source, description=description,
+                      load=lambda: _load_folder(folder, card["task"], name), check=shipped_check(folder),
+                      session=session, folder=folder)
 
 
 def hf_image_entry(model_id: str, description: str = "", session: str | None = None) -> ModelEntry:
@@ -298,7 +309,7 @@ def build_default_registry(checkpoints_dir: Path = CHECKPOINTS_DIR) -> Registry:
         for folder in sorted(checkpoints_dir.iterdir()):
             if (folder / "card.json").is_file():
                 try:
-                    registry.add(image_model_entry_for_folder(folder, folder.name, "shipped"))
+                    registry.add(model_entry_for_folder(folder, folder.name, "shipped"))
                 except UserError:
                     continue  # a broken folder is reported by the System tab's check, not fatal
     registry.add(package_encoder_entry())

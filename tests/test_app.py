@@ -93,3 +93,61 @@ def test_system_status_lists_models_with_reasons(client):
     by_name = {row[1]: row for row in rows}
     assert by_name["mnist"][3] == "yes"
     assert by_name["torchvision/resnet50"][3] == "no" and "offline" in by_name["torchvision/resnet50"][4]
+    assert by_name["all-MiniLM-L6-v2"][2] == "package"
+    assert by_name["cartpole"][3] == "yes"
+
+
+# --- Reinforcement learning tab -------------------------------------------------------------------------
+OWNER_A, OWNER_B = "a" * 32, "b" * 32
+SMALL_RUN = dict(total_steps=3000, lr=1e-3, hidden="64,64", num_envs=4, batch_size=64, gamma=0.99, buffer_size=5000,
+                 eps_duration=1500, seed=0)
+
+
+def poll_until_done(client, owner: str, timeout_s: float = 120.0) -> tuple:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = client.predict(owner, None, api_name="/rl_poll")
+        if "done" in result[0] or "cancelled" in result[0] or "failed" in result[0]:
+            return result
+        time.sleep(0.5)
+    pytest.fail(f"the training job did not finish within {timeout_s} s: {result[0]}")
+
+
+def test_rl_play_shipped_agent_beside_a_random_one(client):
+    video, verdict = client.predict("cartpole", 3, OWNER_A, api_name="/rl_play")
+    assert str(video["video"] if isinstance(video, dict) else video).endswith(".mp4")
+    assert "cartpole" in verdict and "random agent" in verdict
+    plot, text = client.predict("cartpole", 0, 5, OWNER_A, api_name="/rl_compare")
+    assert "averages" in text
+
+
+def test_rl_train_then_replay_download_and_reload(client, tmp_path):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="learning rate"):
+        client.predict(OWNER_A, *{**SMALL_RUN, "lr": -0.1}.values(), api_name="/rl_train")
+    with pytest.raises(AppError, match="buffer"):
+        client.predict(OWNER_A, *{**SMALL_RUN, "buffer_size": 0}.values(), api_name="/rl_train")
+    owner, _ = client.predict(OWNER_A, *SMALL_RUN.values(), api_name="/rl_train")
+    assert owner == OWNER_A
+    progress, rewards, learning, agent, download, _ = poll_until_done(client, OWNER_A)
+    assert "done" in progress and agent.startswith("my-cartpole-")
+    assert rewards is not None  # the reward curve has points
+    video, verdict = client.predict(agent, 0, OWNER_A, api_name="/rl_play")
+    assert "return" in verdict
+    # another browser sees neither the job nor the agent
+    other = client.predict(OWNER_B, None, api_name="/rl_poll")
+    assert "No training yet" in other[0]
+    with pytest.raises(AppError, match="Unknown model"):
+        client.predict(agent, 0, OWNER_B, api_name="/rl_play")
+    # the downloaded zip loads again (into the other browser, as a user would share it)
+    owner_b, loaded = client.predict(handle_file(download), OWNER_B, api_name="/rl_upload")
+    assert owner_b == OWNER_B and loaded.startswith("uploaded-")
+    assert "return" in client.predict(loaded, 1, OWNER_B, api_name="/rl_play")[1]
+    # a foreign file is refused with a reason
+    junk = tmp_path / "agent.zip"
+    junk.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(AppError, match="not a readable zip"):
+        client.predict(handle_file(str(junk)), OWNER_B, api_name="/rl_upload")

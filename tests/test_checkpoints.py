@@ -302,4 +302,5 @@ def test_read_card_works_in_a_fresh_interpreter():
 
     code = "from engine.checkpoints import read_card; print(read_card('checkpoints/mnist')['architecture'])"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert result.stdout.strip() == "resnet", result.stderr
+    expected = json.loads((ROOT / "checkpoints" / "mnist" / "card.json").read_text())["architecture"]
+    assert result.stdout.strip() == expected, result.stderr

@@ -89,11 +89,39 @@ def test_train_without_shared_data_is_a_clear_error(tmp_path):
 def test_train_refuses_bad_settings(tmp_path):
     result = run_cli("train", "cifar10", "--epochs", "0", "--data-dir", str(tmp_path), "--json")
     assert result.returncode == 2 and "epochs" in result.stderr
+    result = run_cli("train", "cifar10", "--widths", "4,8,8", "--data-dir", str(tmp_path), "--json")
+    assert result.returncode == 2 and "needs 4 positive widths" in result.stderr
+
+
+def test_eval_cartpole_prints_the_return_of_the_shipped_agent():
+    result = run_cli("eval", "cartpole", "--model", "cartpole", "--episodes", "5", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["episodes"] == 5 and report["mean_return"] >= 475 and report["std_return"] >= 0
+
+
+def test_eval_cartpole_refuses_what_is_not_an_agent(tmp_path):
+    result = run_cli("eval", "cartpole", "--model", "mnist", "--episodes", "5", "--json")
+    assert result.returncode == 2 and "not a reinforcement-learning agent" in result.stderr
+    result = run_cli("eval", "cartpole", "--model", "cartpole", "--episodes", "0")
+    assert result.returncode == 2 and "--episodes" in result.stderr
+
+
+def test_train_cartpole_from_scratch_reports_the_solve_metrics(tmp_path):
+    result = run_cli("train", "cartpole", "--seed", "1", "--budget-steps", "2000", "--out", str(tmp_path / "agent"), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    for key in ("solved", "solve_steps", "solve_seconds", "stable_solve_steps", "stable_solve_seconds", "total_steps",
+                "total_seconds", "final100_mean"):
+        assert key in report
+    assert report["total_steps"] >= 2000 and (tmp_path / "agent" / "card.json").is_file()
+    bad = run_cli("train", "cartpole", "--budget-steps", "-5", "--out", str(tmp_path / "bad"), "--json")
+    assert bad.returncode == 2 and not (tmp_path / "bad").exists()
 
 
 @pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "mnist").is_dir(), reason="../shared/data is not beside the checkout")
 def test_train_runs_end_to_end_on_the_shared_data(tmp_path):
-    result = run_cli("train", "mnist", "--epochs", "1", "--widths", "4,8,8", "--time-budget", "5", "--out", str(tmp_path / "m"), "--json")
+    result = run_cli("train", "mnist", "--epochs", "1", "--widths", "4,8,8,8", "--time-budget", "5", "--out", str(tmp_path / "m"), "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["n_train"] > 0 and (tmp_path / "m" / "card.json").is_file()

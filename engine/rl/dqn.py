@@ -18,6 +18,7 @@ Progress events (dicts) go to `on_progress`; `should_stop()` is checked after ev
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -51,6 +52,7 @@ class DQNConfig:
     buffer_size: int = 50_000  # replay buffer capacity (transitions)
     batch_size: int = 128
     gamma: float = 0.99  # discount factor
+    n_step: int = 3  # learn from n-step returns: value information travels n steps back per update
     tau: float = 0.005  # Polyak step of the target network after each update (1.0 = hard copy)
     target_every: int = 1  # update the target network every this many gradient steps
     learning_starts: int = 1_000  # random-policy steps before the first gradient step
@@ -84,6 +86,7 @@ class DQNConfig:
         need(1 <= self.batch_size <= 4096, f"batch_size must be between 1 and 4096 (got {self.batch_size}).")
         need(self.batch_size <= self.buffer_size, f"batch_size ({self.batch_size}) cannot exceed buffer_size ({self.buffer_size}).")
         need(0 < self.gamma <= 1, f"gamma (discount) must be in (0, 1] (got {self.gamma}).")
+        need(1 <= self.n_step <= 100, f"n_step must be between 1 and 100 (got {self.n_step}).")
         need(0 < self.tau <= 1, f"tau (target network step) must be in (0, 1] (got {self.tau}).")
         need(self.target_every >= 1, f"target_every must be at least 1 (got {self.target_every}).")
         need(0 <= self.learning_starts < self.total_steps,
@@ -147,24 +150,24 @@ class ReplayBuffer:
         self.next_obs = np.zeros((capacity, obs_dim), dtype=np.float32)
         self.actions = np.zeros(capacity, dtype=np.int64)
         self.rewards = np.zeros(capacity, dtype=np.float32)
-        self.terminated = np.zeros(capacity, dtype=np.float32)  # 1 where the episode really ended (not a time limit)
+        self.discounts = np.zeros(capacity, dtype=np.float32)  # gamma^n, or 0 where the episode really ended
         self.pos = 0  # where the next transition goes
         self.size = 0
         self.rng = np.random.default_rng(seed)
 
     def add(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, next_obs: np.ndarray,
-            terminated: np.ndarray) -> None:
-        """Store a batch of transitions (one per environment)."""
+            discounts: np.ndarray) -> None:
+        """Store a batch of transitions: the target for Q(obs, action) is reward + discount * V(next_obs)."""
         idx = (self.pos + np.arange(len(actions))) % self.capacity
         self.obs[idx], self.actions[idx], self.rewards[idx] = obs, actions, rewards
-        self.next_obs[idx], self.terminated[idx] = next_obs, terminated
+        self.next_obs[idx], self.discounts[idx] = next_obs, discounts
         self.pos = int(idx[-1] + 1) % self.capacity
         self.size = min(self.size + len(actions), self.capacity)
 
     def sample(self, batch_size: int) -> tuple[torch.Tensor, ...]:
-        """A uniform random batch: obs (B, obs_dim), actions (B,), rewards (B,), next_obs (B, obs_dim), terminated (B,)."""
+        """A uniform random batch: obs (B, obs_dim), actions (B,), rewards (B,), next_obs (B, obs_dim), discounts (B,)."""
         idx = self.rng.integers(0, self.size, batch_size)
-        return tuple(torch.from_numpy(a[idx]) for a in (self.obs, self.actions, self.rewards, self.next_obs, self.terminated))
+        return tuple(torch.from_numpy(a[idx]) for a in (self.obs, self.actions, self.rewards, self.next_obs, self.discounts))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -267,6 +270,7 @@ def train_dqn(config: DQNConfig, on_progress: ProgressFn | None = None,
 
     obs, _ = envs.reset(seed=config.seed)
     episode_returns = np.zeros(n)
+    pending = [deque() for _ in range(n)]  # per environment: the last (obs, action, reward) not yet stored
     history: list[float] = []  # returns of finished training episodes
     evals: list[tuple[int, float, float]] = []
     step, updates, update_credit, loss = 0, 0, 0.0, None
@@ -282,12 +286,21 @@ def train_dqn(config: DQNConfig, on_progress: ProgressFn | None = None,
         actions = np.where(rng.random(n) < epsilon, rng.integers(0, len(ACTIONS), n), greedy)
         next_obs, rewards, terminated, truncated, infos = envs.step(actions)
 
-        # 2. remember: a time-limit truncation is not terminal, so its next state is bootstrapped
+        # 2. remember, as n-step transitions: a time-limit truncation is not terminal, so it is bootstrapped
         real_next_obs = next_obs.copy()
         if "_final_obs" in infos:
             for i in np.flatnonzero(infos["_final_obs"]):
                 real_next_obs[i] = infos["final_obs"][i]
-        buffer.add(obs, actions, rewards, real_next_obs, terminated)
+        for i in range(n):
+            pending[i].append((obs[i], actions[i], rewards[i]))
+            done = terminated[i] or truncated[i]
+            while len(pending[i]) == config.n_step or (done and pending[i]):
+                # the oldest pending step: the rewards of the k steps since, then bootstrap from real_next_obs
+                k = len(pending[i])
+                n_step_return = sum(config.gamma ** j * r for j, (_, _, r) in enumerate(pending[i]))
+                first_obs, first_action, _ = pending[i].popleft()
+                discount = 0.0 if terminated[i] else config.gamma ** k
+                buffer.add(first_obs[None], np.array([first_action]), np.array([n_step_return]), real_next_obs[i][None], np.array([discount]))
         obs = next_obs
         step += n
 
@@ -349,12 +362,12 @@ def train_dqn(config: DQNConfig, on_progress: ProgressFn | None = None,
 def dqn_update(qnet: nn.Module, target: nn.Module, optimizer: torch.optim.Optimizer,
                batch: tuple[torch.Tensor, ...], config: DQNConfig) -> torch.Tensor:
     """One gradient step on the Huber loss between Q(s, a) and the Double DQN target; returns the loss."""
-    obs, actions, rewards, next_obs, terminated = batch
+    obs, actions, rewards, next_obs, discounts = batch
     with torch.no_grad():
         # Double DQN: the online network picks the next action, the target network values it
         next_actions = qnet(next_obs).argmax(1, keepdim=True)
         next_q = target(next_obs).gather(1, next_actions).squeeze(1)
-        td_target = rewards + config.gamma * (1.0 - terminated) * next_q
+        td_target = rewards + discounts * next_q
     q = qnet(obs).gather(1, actions.unsqueeze(1)).squeeze(1)
     loss = F.smooth_l1_loss(q, td_target)
     optimizer.zero_grad(set_to_none=True)

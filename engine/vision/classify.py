@@ -20,6 +20,7 @@ from engine.checkpoints import load_model
 from engine.errors import UserError
 from engine.images import load_image
 from engine.vision import preprocess
+from engine.vision.tta import tta_logits
 
 
 def last_conv(model: nn.Module) -> nn.Module | None:
@@ -42,6 +43,10 @@ class ImageClassifier(ABC):
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         return self.model(batch)
+
+    def single_view_logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """Logits of one forward pass of the batch as it is (no test-time views): what Grad-CAM explains."""
+        return self.logits(batch)
 
     @property
     def device(self) -> torch.device:
@@ -102,10 +107,11 @@ class ShippedClassifier(ImageClassifier):
         return preprocess.prepare(image, self.preprocessing)
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
-        logits = self.model(batch)
-        if self.preprocessing.get("tta_flip"):
-            logits = (logits + self.model(batch.flip(3))) / 2
-        return logits
+        return tta_logits(self.model, batch, flip=bool(self.preprocessing.get("tta_flip")),
+                          shift=int(self.preprocessing.get("tta_shift", 0)))
+
+    def single_view_logits(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.model(batch)
 
     def show_input(self, tensor: torch.Tensor):
         return preprocess.show_input(tensor, self.preprocessing)

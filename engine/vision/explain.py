@@ -30,8 +30,7 @@ def grad_cam(classifier: ImageClassifier, tensor: torch.Tensor, class_index: int
     handle = layer.register_forward_hook(keep) if layer is not None else None
     try:
         with torch.enable_grad():
-            score = classifier.model(x) if not hasattr(classifier.model, "config") else classifier.logits(x)
-            score = score[0, class_index]
+            score = classifier.single_view_logits(x)[0, class_index]  # one view, so the hook sees the maps we explain
             classifier.model.zero_grad(set_to_none=True)
             score.backward()
     finally:

@@ -106,3 +106,16 @@ def test_drawing_pad_recognises_a_digit(page, digit):
     page.screenshot(path=screenshot)
     assert model_name(page) == "mnist"
     assert top == digit, f"drew a {digit}, the model says {top!r} (top 5: {rows}); see {screenshot}"
+
+
+def test_rl_play_shows_a_video(page):
+    page.get_by_role("tab", name="Reinforcement learning").click()
+    page.locator("#rl-play").click()
+    video = page.locator("#rl-video video")
+    video.wait_for(state="attached", timeout=RESULT_TIMEOUT_MS)
+    page.wait_for_function("() => { const v = document.querySelector('#rl-video video'); return v && v.src && v.readyState >= 1; }",
+                           timeout=RESULT_TIMEOUT_MS)
+    page.screenshot(path="/tmp/e2e_rl.png", full_page=True)
+    duration = page.evaluate("() => document.querySelector('#rl-video video').duration")
+    assert duration > 1, f"the episode video should last more than a second, got {duration}"
+    assert "return" in page.locator("#rl-verdict").inner_text()
