@@ -217,16 +217,16 @@ def build() -> dict:
 
     gr.Markdown("### Train your own agent")
     with gr.Row():
-        total_steps = gr.Number(value=30_000, precision=0, minimum=100, maximum=500_000, label="Environment steps")
-        lr = gr.Number(value=1e-3, minimum=0, label="Learning rate (Adam)")
+        total_steps = gr.Number(value=30_000, precision=0, label="Environment steps (100 to 2,000,000)")
+        lr = gr.Number(value=1e-3, label="Learning rate (Adam)")
         hidden = gr.Textbox(value="128,128", label="Hidden layers")
     with gr.Accordion("Advanced", open=False):
         with gr.Row():
-            num_envs = gr.Number(value=4, precision=0, minimum=1, maximum=64, label="Parallel environments")
-            batch_size = gr.Number(value=128, precision=0, minimum=1, label="Batch size")
-            gamma = gr.Number(value=0.99, minimum=0, maximum=1, label="Discount γ")
-            buffer_size = gr.Number(value=50_000, precision=0, minimum=1, label="Replay buffer")
-            eps_duration = gr.Number(value=10_000, precision=0, minimum=1, label="ε decay steps")
+            num_envs = gr.Number(value=4, precision=0, label="Parallel environments (1 to 64)")
+            batch_size = gr.Number(value=128, precision=0, label="Batch size")
+            gamma = gr.Number(value=0.99, label="Discount γ")
+            buffer_size = gr.Number(value=50_000, precision=0, label="Replay buffer")
+            eps_duration = gr.Number(value=10_000, precision=0, label="ε decay steps")
             train_seed = gr.Number(value=0, precision=0, label="Seed")
     with gr.Row():
         start_button = gr.Button("Start training", variant="primary", elem_id="rl-start")

@@ -103,6 +103,11 @@ SMALL_RUN = dict(total_steps=3000, lr=1e-3, hidden="64,64", num_envs=4, batch_si
                  eps_duration=1500, seed=0)
 
 
+def value_of(update):
+    """A component update (e.g. a dropdown with new choices) comes back as a dict; its value is what we want."""
+    return update.get("value") if isinstance(update, dict) else update
+
+
 def poll_until_done(client, owner: str, timeout_s: float = 120.0) -> tuple:
     import time
 
@@ -133,6 +138,7 @@ def test_rl_train_then_replay_download_and_reload(client, tmp_path):
     owner, _ = client.predict(OWNER_A, *SMALL_RUN.values(), api_name="/rl_train")
     assert owner == OWNER_A
     progress, rewards, learning, agent, download, _ = poll_until_done(client, OWNER_A)
+    agent = value_of(agent)
     assert "done" in progress and agent.startswith("my-cartpole-")
     assert rewards is not None  # the reward curve has points
     video, verdict = client.predict(agent, 0, OWNER_A, api_name="/rl_play")
@@ -144,6 +150,7 @@ def test_rl_train_then_replay_download_and_reload(client, tmp_path):
         client.predict(agent, 0, OWNER_B, api_name="/rl_play")
     # the downloaded zip loads again (into the other browser, as a user would share it)
     owner_b, loaded = client.predict(handle_file(download), OWNER_B, api_name="/rl_upload")
+    loaded = value_of(loaded)
     assert owner_b == OWNER_B and loaded.startswith("uploaded-")
     assert "return" in client.predict(loaded, 1, OWNER_B, api_name="/rl_play")[1]
     # a foreign file is refused with a reason
