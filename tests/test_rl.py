@@ -11,7 +11,7 @@ from engine.errors import UserError
 from engine.jobs import JobRunner
 from engine.rl.dqn import (ACTIONS, DQNConfig, QNetwork, ReplayBuffer, evaluate_agent, linear_schedule, load_agent,
                            save_agent, soft_update, solve_summary, train_dqn)
-from engine.rl.live import training_job, watch
+from engine.rl.live import prune_videos, training_job, watch
 from engine.rl.render import FRAME_EVERY, HEIGHT, WIDTH, episodes_video, play_episode, random_policy
 
 torch.set_num_threads(1)
@@ -153,3 +153,14 @@ def test_a_cancelled_training_job_still_leaves_a_usable_agent():
     qnet, card = load_agent(status.result["folder"])
     assert card["metrics"]["stopped_early"] and card["metrics"]["total_steps"] < 200_000
     assert qnet(torch.zeros(1, 4)).shape == (1, 2)
+
+
+def test_old_videos_are_pruned(tmp_path):
+    import os
+
+    for index in range(5):
+        path = tmp_path / f"v{index}.mp4"
+        path.write_bytes(b"x")
+        os.utime(path, (1000 + index, 1000 + index))
+    prune_videos(tmp_path, keep=2)
+    assert sorted(p.name for p in tmp_path.glob("*.mp4")) == ["v3.mp4", "v4.mp4"]

@@ -17,6 +17,14 @@ from engine.rl.dqn import DQNConfig, evaluate_agent, greedy_policy, play_episode
 from engine.rl.render import Policy, episodes_video, play_episode, random_policy
 
 MAX_WATCH_SEED = 2**31 - 1
+KEEP_VIDEOS = 200  # the newest videos kept in the output folder; older ones are deleted as new ones arrive
+
+
+def prune_videos(folder: Path, keep: int = KEEP_VIDEOS) -> None:
+    """Delete all but the `keep` newest MP4s, so a long-running server does not fill its disk."""
+    videos = sorted(folder.glob("*.mp4"), key=lambda path: path.stat().st_mtime, reverse=True)
+    for old in videos[keep:]:
+        old.unlink(missing_ok=True)
 
 
 def agent_policy(qnet: nn.Module) -> Policy:
@@ -38,6 +46,7 @@ def watch(qnet: nn.Module, seed: int, out_dir: str | Path, label: str = "trained
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     video = episodes_video([trained, random_agent], out_dir / f"cartpole-{seed}-{uuid.uuid4().hex[:8]}.mp4")
+    prune_videos(out_dir)
     return {"video": video, "agent_return": trained.episode_return, "random_return": random_agent.episode_return,
             "steps": len(trained.actions)}
 
