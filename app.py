@@ -13,7 +13,7 @@ import threading
 
 import gradio as gr
 
-from demos import image, rl, system
+from demos import image, rl, system, text
 
 TITLE = "minilab"
 INTRO = ("**minilab**: play with real neural networks. Everything here runs on models minilab trained itself, "
@@ -26,12 +26,19 @@ def build_app() -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("Image classification", id="image"):
                 image_tab = image.build()
+            with gr.Tab("Text", id="text") as text_page:
+                text_tab = text.build()
             with gr.Tab("Reinforcement learning", id="rl") as rl_page:
                 rl_tab = rl.build()
             with gr.Tab("System", id="system") as system_page:
                 system_tab = system.build()
         demo.load(image_tab["refresh"], inputs=image_tab["model"], outputs=image_tab["model"], api_name=False)
         demo.load(image.describe_model, inputs=image_tab["model"], outputs=image_tab["about"], api_name=False)
+        text_models = [text_tab["sentiment_model"], text_tab["lm_model"]]
+        demo.load(text_tab["refresh"], inputs=text_models, outputs=text_models, api_name=False)
+        text_page.select(text_tab["refresh"], inputs=text_models, outputs=text_models, api_name=False)
+        demo.load(text.describe_model, inputs=text_tab["sentiment_model"], outputs=text_tab["sentiment_about"], api_name=False)
+        demo.load(text.describe_model, inputs=text_tab["lm_model"], outputs=text_tab["lm_about"], api_name=False)
         # The browser's owner key first, then reattach to a training job that outlived a reload.
         demo.load(rl_tab["ensure_owner"], inputs=rl_tab["owner"], outputs=rl_tab["owner"], api_name=False).then(
             rl_tab["poll"], inputs=[rl_tab["owner"], rl_tab["agent"]], outputs=rl_tab["poll_outputs"], api_name=False,

@@ -81,7 +81,7 @@ def _config_from(total_steps, lr, hidden, num_envs, batch_size, gamma, buffer_si
     for key, value in values.items():
         if value is None or float(value) != int(value):
             raise UserError(f"{key.replace('_', ' ')} must be a whole number.")
-    return DQNConfig(total_steps=int(total_steps), lr=float(lr), lr_end=float(lr), hidden=widths, num_envs=int(num_envs),
+    return DQNConfig(total_steps=int(total_steps), lr=float(lr), lr_end=float(lr) / 10, hidden=widths, num_envs=int(num_envs),
                      batch_size=int(batch_size), gamma=float(gamma), buffer_size=int(buffer_size),
                      eps_duration=int(eps_duration), seed=int(seed), eval_every=0, final_eval_episodes=20).validate()
 
@@ -216,17 +216,18 @@ def build() -> dict:
         compare_text = gr.Markdown()
 
     gr.Markdown("### Train your own agent")
+    # the same defaults as engine.rl.dqn.DQNConfig (not imported here: it would load torch before the page is up)
     with gr.Row():
         total_steps = gr.Number(value=30_000, precision=0, label="Environment steps (100 to 2,000,000)")
-        lr = gr.Number(value=1e-3, label="Learning rate (Adam)")
-        hidden = gr.Textbox(value="128,128", label="Hidden layers")
+        lr = gr.Number(value=1e-3, label="Learning rate (Adam; decays to a tenth)")
+        hidden = gr.Textbox(value="64,64", label="Hidden layers")
     with gr.Accordion("Advanced", open=False):
         with gr.Row():
             num_envs = gr.Number(value=4, precision=0, label="Parallel environments (1 to 64)")
             batch_size = gr.Number(value=128, precision=0, label="Batch size")
             gamma = gr.Number(value=0.99, label="Discount γ")
             buffer_size = gr.Number(value=50_000, precision=0, label="Replay buffer")
-            eps_duration = gr.Number(value=10_000, precision=0, label="ε decay steps")
+            eps_duration = gr.Number(value=4_000, precision=0, label="ε decay steps")
             train_seed = gr.Number(value=0, precision=0, label="Seed")
     with gr.Row():
         start_button = gr.Button("Start training", variant="primary", elem_id="rl-start")

@@ -5,6 +5,10 @@
     python -m engine eval image-classification --model cifar10 --data my_images.zip --json
     python -m engine train cartpole --seed 0 --budget-steps 50000 --json
     python -m engine eval cartpole --model cartpole --episodes 100 --json
+    python -m engine train sst2 --json
+    python -m engine train shakespeare --json
+    python -m engine eval sentiment --model sst2 --data reviews.tsv --json
+    python -m engine eval lm --model shakespeare --data input.txt --json
 
 With --json the last line printed is one JSON object. User mistakes exit with status 2 and a message.
 """
@@ -32,6 +36,12 @@ def _print_progress(event: dict) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> dict:
+    if args.threads is not None:
+        import torch
+
+        if not 1 <= args.threads <= 256:
+            raise UserError(f"--threads must be between 1 and 256 (got {args.threads}).")
+        torch.set_num_threads(args.threads)
     if args.model in ("cifar10", "mnist"):
         from engine.vision.train import default_config, train_shipped_model
 
@@ -41,6 +51,9 @@ def cmd_train(args: argparse.Namespace) -> dict:
             value = getattr(args, name)
             if value is not None:
                 setattr(config, name, value)
+        if config.epochs != int(config.epochs):
+            raise UserError(f"--epochs must be a whole number for {args.model} (got {config.epochs}).")
+        config.epochs = int(config.epochs)
         if args.widths:
             config.widths = [int(w) for w in args.widths.split(",")]
         if args.blocks:
@@ -59,6 +72,10 @@ def cmd_train(args: argparse.Namespace) -> dict:
         return {"model": str(folder), **metrics}
     if args.model == "cartpole":
         return train_cartpole(args)
+    if args.model == "sst2":
+        return train_sst2(args)
+    if args.model == "shakespeare":
+        return train_shakespeare(args)
     raise UserError(f"Unknown model to train: {args.model!r}.")
 
 
@@ -86,6 +103,57 @@ def train_cartpole(args: argparse.Namespace) -> dict:
     return {"model": str(folder), **metrics}
 
 
+def _print_text_progress(event: dict) -> None:
+    if event.get("kind") == "eval":
+        value = " ".join(f"{k} {event[k]:.4f}" for k in ("train_loss", "val_loss", "val_acc") if event.get(k) is not None)
+        eta = f" eta {event['eta']:.0f}s" if event.get("eta") is not None else ""
+        print(f"{event['fraction']:6.1%} {value} elapsed {event['elapsed']:.0f}s{eta}", file=sys.stderr, flush=True)
+
+
+def _device(args: argparse.Namespace):
+    from engine.device import pick_device, resolve_device
+
+    return resolve_device(args.device) if args.device else pick_device()
+
+
+def train_sst2(args: argparse.Namespace) -> dict:
+    from engine.text.classify import TextTrainConfig
+    from engine.text.shipped import train_sst2 as run
+
+    config = TextTrainConfig()
+    for name in ("epochs", "batch_size", "lr", "weight_decay", "seed", "time_budget", "lora_r"):
+        if getattr(args, name, None) is not None:
+            setattr(config, name, getattr(args, name))
+    if config.epochs <= 0 or config.batch_size < 1 or config.lr <= 0 or config.lora_r < 1:
+        raise UserError("epochs, batch size, learning rate and LoRA rank must be positive.")
+    config.lora_alpha = 2 * config.lora_r  # the usual scale: alpha / r = 2
+    folder, metrics = run(config, args.data_dir, args.out or "checkpoints/sst2", _print_text_progress, _command_line(), _device(args))
+    return {"model": str(folder), **metrics}
+
+
+def train_shakespeare(args: argparse.Namespace) -> dict:
+    from engine.text.chargpt import CharGPTConfig, CharTrainConfig
+    from engine.text.shipped import train_shakespeare as run
+
+    model = CharGPTConfig()
+    for name in ("n_layer", "n_head", "n_embd", "block_size", "dropout"):
+        if getattr(args, name, None) is not None:
+            setattr(model, name, getattr(args, name))
+    config = CharTrainConfig(model=model)
+    for name in ("max_iters", "batch_size", "lr", "weight_decay", "seed", "time_budget"):
+        if getattr(args, name, None) is not None:
+            setattr(config, name, getattr(args, name))
+    if min(model.n_layer, model.n_head, model.n_embd, model.block_size, config.max_iters, config.batch_size) < 1 or config.lr <= 0:
+        raise UserError("layers, heads, width, context, iterations, batch size and learning rate must be positive.")
+    if model.n_embd % model.n_head or (model.n_embd // model.n_head) % 2:
+        raise UserError(f"n_embd ({model.n_embd}) must be a multiple of n_head ({model.n_head}) with an even quotient.")
+    if args.lr is not None:
+        config.min_lr = config.lr / 10
+    folder, metrics = run(config, args.data_dir, args.out or "checkpoints/shakespeare", _print_text_progress,
+                          _command_line(), _device(args))
+    return {"model": str(folder), **metrics}
+
+
 def cmd_eval(args: argparse.Namespace) -> dict:
     if args.task == "image-classification":
         from engine.vision.evaluate import evaluate_class_folders
@@ -102,6 +170,18 @@ def cmd_eval(args: argparse.Namespace) -> dict:
         qnet = _load_cartpole_agent(args.model)
         result = evaluate_agent(qnet, episodes=args.episodes, seed0=0)
         return {"mean_return": result["mean_return"], "std_return": result["std_return"], "episodes": result["episodes"]}
+    if args.task == "sentiment":
+        from engine.text.evaluate import evaluate_sentiment_file
+
+        if not args.data:
+            raise UserError("--data is required: a TSV or CSV file with a header (label, and sentence/text/content).")
+        return evaluate_sentiment_file(args.model, args.data)
+    if args.task == "lm":
+        from engine.text.evaluate import evaluate_lm_file
+
+        if not args.data:
+            raise UserError("--data is required: a plain-text file; its last 10% is evaluated.")
+        return evaluate_lm_file(args.model, args.data)
     raise UserError(f"Unknown task to evaluate: {args.task!r}.")
 
 
@@ -130,9 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a shipped model: cifar10 and mnist from ../shared/data, cartpole in gymnasium")
-    train.add_argument("model", choices=["cifar10", "mnist", "cartpole"])
+    train.add_argument("model", choices=["cifar10", "mnist", "cartpole", "sst2", "shakespeare"])
     train.add_argument("--architecture", choices=["resnet9", "resnet"], help="network family (default per model)")
-    train.add_argument("--epochs", type=int)
+    train.add_argument("--epochs", type=float)
     train.add_argument("--batch-size", type=int)
     train.add_argument("--lr", type=float)
     train.add_argument("--weight-decay", type=float)
@@ -146,13 +226,21 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--time-budget", type=float, help="stop training after this many seconds")
     train.add_argument("--device", help="cpu, cuda or mps (default: automatic)")
     train.add_argument("--budget-steps", type=int, help="cartpole: environment steps to train for (default 50,000)")
+    train.add_argument("--lora-r", type=int, help="sst2: LoRA rank")
+    train.add_argument("--max-iters", type=int, help="shakespeare: optimizer steps")
+    train.add_argument("--n-layer", type=int, help="shakespeare: transformer blocks")
+    train.add_argument("--n-head", type=int, help="shakespeare: attention heads")
+    train.add_argument("--n-embd", type=int, help="shakespeare: width")
+    train.add_argument("--block-size", type=int, help="shakespeare: context length in characters")
+    train.add_argument("--dropout", type=float, help="shakespeare: dropout")
+    train.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: all cores)")
     train.add_argument("--json", action="store_true", help="print one JSON line last")
     train.set_defaults(func=cmd_train)
 
     evaluate = commands.add_parser("eval", help="evaluate a model on a dataset")
-    evaluate.add_argument("task", choices=["image-classification", "cartpole"])
+    evaluate.add_argument("task", choices=["image-classification", "cartpole", "sentiment", "lm"])
     evaluate.add_argument("--model", required=True, help="a registered model name, a model folder or a model zip")
-    evaluate.add_argument("--data", help="image-classification: a class-folder dataset, a folder or a zip of one")
+    evaluate.add_argument("--data", help="image-classification: a class-folder dataset (folder or zip); sentiment: a CSV/TSV; lm: a .txt")
     evaluate.add_argument("--episodes", type=int, default=100, help="cartpole: greedy episodes, seeds 0..N-1")
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.add_argument("--json", action="store_true", help="print one JSON line last")

@@ -46,6 +46,15 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def load_own_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load what `model.saved_state()` wrote, no more and no less (the rest of the model is shared or tied)."""
+    expected = set(model.saved_state())
+    if set(state) != expected:
+        missing, extra = sorted(expected - set(state))[:3], sorted(set(state) - expected)[:3]
+        raise RuntimeError(f"the saved weights do not match: missing {missing}, unexpected {extra}")
+    model.load_state_dict(state, strict=False)
+
+
 def save_model(folder: str | Path, model: nn.Module, card: dict) -> Path:
     """Write weights and card atomically: into a temporary folder first, then renamed into place,
     so a crash never leaves a half-written model folder behind."""
@@ -53,13 +62,17 @@ def save_model(folder: str | Path, model: nn.Module, card: dict) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     card = {"format": CARD_FORMAT, **card}
     card.setdefault("parameters", count_parameters(model))
+    if hasattr(model, "saved_state"):
+        card.setdefault("saved_parameters", sum(t.numel() for t in model.saved_state().values()))
     card.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     missing = [key for key in REQUIRED_KEYS if key not in card]
     if missing:
         raise ValueError(f"card is missing {missing}")
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        state = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
+        # a model built on shared frozen weights (LoRA adapters on a packaged encoder) saves only its own part
+        weights = model.saved_state() if hasattr(model, "saved_state") else model.state_dict()
+        state = {name: tensor.detach().to("cpu").contiguous() for name, tensor in weights.items()}
         save_file(state, staging / WEIGHTS_FILE, metadata={"format": CARD_FORMAT})
         (staging / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
         if folder.exists():
@@ -124,7 +137,10 @@ def load_model(folder: str | Path, device: torch.device | str = "cpu") -> tuple[
     except (TypeError, ValueError, KeyError) as error:
         raise UserError(f"{folder.name}: the card's arch_config does not build a model ({error}).") from error
     try:
-        model.load_state_dict(state, strict=True)
+        if hasattr(model, "load_saved_state"):
+            model.load_saved_state(state)
+        else:
+            model.load_state_dict(state, strict=True)
     except RuntimeError as error:
         first_line = str(error).splitlines()[0]
         raise UserError(f"{folder.name}: the weights do not match the card's architecture ({first_line}).") from error

@@ -234,14 +234,29 @@ def hf_local_only(model_id: str) -> bool:
     return isinstance(try_to_load_from_cache(model_id, "config.json"), str) or not host_reachable(HF_ENDPOINT)[0]
 
 
-def _load_folder(folder: Path, task: str, name: str) -> object:
-    """The loaded model of a minilab model folder: an image classifier or an RL agent, by the card's task."""
+HF_TEXT_MODELS = {
+    "sentiment": {"distilbert-base-uncased-finetuned-sst-2-english": "DistilBERT fine-tuned on SST-2 (Hugging Face, 67M parameters)"},
+    "lm": {"distilgpt2": "DistilGPT-2 (Hugging Face, 82M parameters, word pieces)"},
+}
+
+
+def load_model_folder(folder: Path, task: str, name: str) -> object:
+    """The loaded model of a minilab model folder, by the card's task: image classifier, text classifier,
+    character language model or RL agent."""
     from engine.device import pick_device
 
     if task == "rl":
         from engine.rl.dqn import load_agent
 
         return load_agent(folder)[0]
+    if task in ("sentiment", "text-classification"):
+        from engine.text.classify import load_text_classifier
+
+        return load_text_classifier(folder, pick_device(), name=name)
+    if task == "lm":
+        from engine.text.generate import load_char_lm
+
+        return load_char_lm(folder, pick_device(), name=name)
     from engine.vision.classify import ShippedClassifier
 
     return ShippedClassifier(folder, pick_device(), name=name)
@@ -258,10 +273,12 @@ def model_entry_for_folder(folder: Path, name: str, source: str, session: str | 
     description = card.get("description", card["name"])
     if metrics.get("val_accuracy") is not None:
         description += f" Validation accuracy {metrics['val_accuracy']:.1%}."
+    if metrics.get("val_loss") is not None:
+        description += f" Validation loss {metrics['val_loss']:.3f} nats per character."
     if metrics.get("final100_mean") is not None:
         description += f" Mean return {metrics['final100_mean']:.1f} over 100 episodes."
     return ModelEntry(name=name, task=card["task"], source=source, description=description,
-                      load=lambda: _load_folder(folder, card["task"], name), check=shipped_check(folder),
+                      load=lambda: load_model_folder(folder, card["task"], name), check=shipped_check(folder),
                       session=session, folder=folder)
 
 
@@ -275,6 +292,24 @@ def hf_image_entry(model_id: str, description: str = "", session: str | None = N
     return ModelEntry(name=model_id, task="image-classification", source="hub",
                       description=description or f"{model_id} (Hugging Face)", load=load, check=hf_check(model_id),
                       session=session)
+
+
+def hf_text_entry(model_id: str, task: str, description: str = "", session: str | None = None) -> ModelEntry:
+    """A Hugging Face text-classification ("sentiment") or causal LM ("lm") model, from the cache or the hub."""
+
+    def load() -> object:
+        from engine.device import pick_device
+
+        if task == "lm":
+            from engine.text.generate import HFCausalLM
+
+            return HFCausalLM(model_id, pick_device(), local_files_only=hf_local_only(model_id))
+        from engine.text.classify import HFTextPredictor
+
+        return HFTextPredictor(model_id, pick_device(), local_files_only=hf_local_only(model_id))
+
+    return ModelEntry(name=model_id, task=task, source="hub", description=description or f"{model_id} (Hugging Face)",
+                      load=load, check=hf_check(model_id), session=session)
 
 
 def torchvision_entry(arch: str, description: str) -> ModelEntry:
@@ -317,6 +352,9 @@ def build_default_registry(checkpoints_dir: Path = CHECKPOINTS_DIR) -> Registry:
         registry.add(torchvision_entry(arch, description))
     for model_id, description in HF_IMAGE_MODELS.items():
         registry.add(hf_image_entry(model_id, description))
+    for task, models in HF_TEXT_MODELS.items():
+        for model_id, description in models.items():
+            registry.add(hf_text_entry(model_id, task, description))
     return registry
 
 

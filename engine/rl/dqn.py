@@ -44,23 +44,23 @@ ProgressFn = Callable[[dict], None]
 class DQNConfig:
     total_steps: int = 50_000  # environment steps (summed over all parallel environments)
     num_envs: int = 4  # environments stepped together; one batched forward picks all their actions
-    hidden: list[int] = field(default_factory=lambda: [128, 128])  # MLP hidden layer widths
+    hidden: list[int] = field(default_factory=lambda: [64, 64])  # MLP hidden layer widths
     layer_norm: bool = True  # LayerNorm after each hidden layer keeps TD learning from diverging
-    lr: float = 1e-3  # Adam learning rate at the start
-    lr_end: float = 1e-3  # linear decay to this by the end of training
-    calm_lr: float = 1.0  # lr multiplier once training episodes average `calm_return` (1.0 = off)
-    calm_return: float = 400.0  # mean of the last 10 training-episode returns that triggers calm_lr
+    lr: float = 1e-3  # Adam learning rate at the start ...
+    lr_end: float = 1e-4  # ... decaying linearly to this by the end of training
+    calm_lr: float = 0.1  # lr multiplier while the last 10 training episodes average >= calm_return (1.0 = off):
+    calm_return: float = 450.0  # a policy that already balances is fine-tuned gently instead of unlearned
     buffer_size: int = 50_000  # replay buffer capacity (transitions)
     batch_size: int = 128
     gamma: float = 0.99  # discount factor
     n_step: int = 3  # learn from n-step returns: value information travels n steps back per update
-    tau: float = 0.005  # Polyak step of the target network after each update (1.0 = hard copy)
+    tau: float = 0.01  # Polyak step of the target network after each update (1.0 = hard copy)
     target_every: int = 1  # update the target network every this many gradient steps
-    learning_starts: int = 1_000  # random-policy steps before the first gradient step
-    updates_per_step: float = 0.25  # gradient steps per environment step (the update-to-data ratio)
+    learning_starts: int = 500  # random-policy steps before the first gradient step
+    updates_per_step: float = 1.0  # gradient steps per environment step (the update-to-data ratio)
     eps_start: float = 1.0  # epsilon-greedy exploration, linearly from eps_start ...
     eps_end: float = 0.05  # ... to eps_end ...
-    eps_duration: int = 10_000  # ... over this many environment steps
+    eps_duration: int = 4_000  # ... over this many environment steps
     max_grad_norm: float = 10.0  # gradient clipping (0 = off)
     seed: int = 0
     eval_every: int = 1_000  # env steps between greedy evaluations (0 = never); the clock pauses meanwhile
@@ -365,12 +365,15 @@ def dqn_update(qnet: nn.Module, target: nn.Module, optimizer: torch.optim.Optimi
                batch: tuple[torch.Tensor, ...], config: DQNConfig) -> torch.Tensor:
     """One gradient step on the Huber loss between Q(s, a) and the Double DQN target; returns the loss."""
     obs, actions, rewards, next_obs, discounts = batch
+    # one forward pass of the online network over both halves: Q(s, .) to learn, Q(s', .) to pick a'
+    q_both = qnet(torch.cat((obs, next_obs)))
+    q_all, q_next_online = q_both[: len(obs)], q_both[len(obs):].detach()
     with torch.no_grad():
         # Double DQN: the online network picks the next action, the target network values it
-        next_actions = qnet(next_obs).argmax(1, keepdim=True)
+        next_actions = q_next_online.argmax(1, keepdim=True)
         next_q = target(next_obs).gather(1, next_actions).squeeze(1)
         td_target = rewards + discounts * next_q
-    q = qnet(obs).gather(1, actions.unsqueeze(1)).squeeze(1)
+    q = q_all.gather(1, actions.unsqueeze(1)).squeeze(1)
     loss = F.smooth_l1_loss(q, td_target)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

@@ -119,3 +119,31 @@ def test_rl_play_shows_a_video(page):
     duration = page.evaluate("() => document.querySelector('#rl-video video').duration")
     assert duration > 1, f"the episode video should last more than a second, got {duration}"
     assert "return" in page.locator("#rl-verdict").inner_text()
+
+
+def test_text_tab_classifies_a_sentence_and_streams_generation(page):
+    page.get_by_role("tab", name="Text").click()
+    page.locator("#sentiment-input textarea").fill("a warm , funny and beautifully acted film")
+    page.locator("#sentiment-button").click()
+    label = page.locator("#sentiment-label [data-testid='label-output-value']")
+    label.wait_for(timeout=RESULT_TIMEOUT_MS)
+    assert label.inner_text().strip() == "positive"
+    # the per-word explanation: every word of the sentence shows up in the highlighted text
+    page.wait_for_function("() => (document.querySelector('#sentiment-words') || {}).innerText?.includes('beautifully')",
+                           timeout=RESULT_TIMEOUT_MS)
+
+    page.get_by_role("tab", name="Generate").click()
+    page.locator("#prompt-input textarea").fill("ROMEO:\n")
+    # record the output's length every 10 ms: streamed text shows up as several growing lengths
+    page.evaluate("""() => { window.__lengths = []; setInterval(() => {
+        const t = document.querySelector('#generated-text textarea');
+        if (t) window.__lengths.push(t.value.length); }, 10); }""")
+    page.locator("#generate-button").click()
+    page.wait_for_function("() => (document.querySelector('#generate-status') || {}).innerText?.startsWith('done')",
+                           timeout=RESULT_TIMEOUT_MS)
+    page.screenshot(path="/tmp/e2e_text.png", full_page=True)
+    text = page.locator("#generated-text textarea").input_value()
+    assert text.startswith("ROMEO:") and len(text) == len("ROMEO:\n") + 400
+    lengths = sorted(set(page.evaluate("() => window.__lengths")))
+    partial = [n for n in lengths if len("ROMEO:\n") < n < len(text)]
+    assert len(partial) >= 2, f"the text should appear piece by piece while it is generated, saw lengths {lengths}"

@@ -1,0 +1,83 @@
+"""Speed of the shipped text models on the CPU, as JSON.
+
+    python benchmarks/text_speed.py --threads 2
+
+- sentiment (`sst2`): one sentence end to end (tokenise + forward + softmax), p50 and p95 over many runs, and
+  batched throughput in sentences per second. Sentences are SST-2 dev sentences when ../shared/data is
+  present (they are typical review sentences: 19 words on average), else sentences generated here;
+- generation (`shakespeare`): characters per second streamed by `stream()` (key-value cache, top-k off).
+Targets: one sentence <= 15 ms p50; >= 500 sentences/s batched; >= 1,000 characters/s streamed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def sentences(count: int) -> tuple[list[str], str]:
+    dev = ROOT.parent / "shared" / "data" / "sst2" / "dev.tsv"
+    if dev.is_file():
+        from engine.text.data import read_labelled_text
+
+        texts = read_labelled_text(dev).texts
+        return (texts * (count // len(texts) + 1))[:count], f"SST-2 dev sentences ({len(texts)} distinct)"
+    words = "the film is a quite very not good bad funny dull moving plot acting story and but with too long".split()
+    rng = random.Random(0)
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(8, 30))) for _ in range(count)], "generated 8-30 word sentences"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=300)
+    parser.add_argument("--batch-sentences", type=int, default=2000)
+    parser.add_argument("--chars", type=int, default=2000)
+    args = parser.parse_args()
+    os.environ.setdefault("MINILAB_DEVICE", "cpu")
+    torch.set_num_threads(args.threads)
+    from engine.text.classify import load_text_classifier
+    from engine.text.generate import SamplingSettings, load_char_lm
+
+    report: dict = {"benchmark": "text_speed", "threads": args.threads}
+    predictor = load_text_classifier(ROOT / "checkpoints" / "sst2")
+    texts, source = sentences(args.batch_sentences)
+    for text in texts[:20]:
+        predictor.predict(text)
+    single = []
+    for text in texts[: args.runs]:
+        started = time.perf_counter()
+        predictor.predict(text)
+        single.append((time.perf_counter() - started) * 1000)
+    predictor.predict_proba(texts[:200])
+    started = time.perf_counter()
+    predictor.predict_proba(texts)
+    throughput = len(texts) / (time.perf_counter() - started)
+    report["sentiment"] = {"sentences": source, "mean_words": round(float(np.mean([len(t.split()) for t in texts])), 1),
+                           "single_p50_ms": round(statistics.median(single), 2), "single_p95_ms": round(float(np.percentile(single, 95)), 2),
+                           "batched_sentences_per_s": round(throughput, 1), "target_single_p50_ms": 15, "target_sentences_per_s": 500,
+                           "meets_target": statistics.median(single) <= 15 and throughput >= 500}
+
+    lm = load_char_lm(ROOT / "checkpoints" / "shakespeare")
+    list(lm.stream("ROMEO:\n", SamplingSettings(max_new_tokens=100)))
+    started = time.perf_counter()
+    count = sum(1 for _ in lm.stream("ROMEO:\n", SamplingSettings(max_new_tokens=args.chars, seed=1)))
+    rate = count / (time.perf_counter() - started)
+    report["generation"] = {"model": "shakespeare", "chars": count, "chars_per_s": round(rate, 1), "target_chars_per_s": 1000,
+                            "meets_target": rate >= 1000}
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

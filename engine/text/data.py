@@ -1,0 +1,127 @@
+"""Reading labelled text files (CSV or TSV with a header) and plain text, whatever their encoding.
+
+Users upload files from Excel, Windows Notepad or a Unix shell: UTF-8 with or without a byte-order mark,
+UTF-16, or a legacy 8-bit code page. We try those in turn, refuse binary files, and say exactly which
+column or row is the problem.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.errors import UserError
+
+TEXT_COLUMNS = ("sentence", "text", "content", "review", "comment")
+LABEL_COLUMNS = ("label", "labels", "sentiment", "class", "category", "target")
+MAX_TEXT_FILE_BYTES = 50 * 2**20
+SENTIMENT_NAMES = {"0": "negative", "1": "positive", "neg": "negative", "pos": "positive",
+                   "negative": "negative", "positive": "positive"}
+
+
+def decode_bytes(raw: bytes, name: str = "the file") -> str:
+    """Bytes -> text: UTF-8 (BOM or not), UTF-16 with a BOM, else cp1252 / latin-1. Binary is refused."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return raw.decode("utf-16")
+        except UnicodeDecodeError as error:
+            raise UserError(f"{name}: starts like UTF-16 text but does not decode ({error.reason}).") from error
+    if b"\x00" in raw[:65536]:
+        raise UserError(f"{name}: looks like a binary file, not text (it contains NUL bytes).")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    try:
+        return raw.decode("cp1252")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def read_text_file(path: str | Path, max_bytes: int = MAX_TEXT_FILE_BYTES) -> str:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file.")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise UserError(f"{path.name}: {size / 2**20:.1f} MB is more than the {max_bytes / 2**20:.0f} MB allowed.")
+    return decode_bytes(path.read_bytes(), path.name)
+
+
+@dataclass
+class LabelledText:
+    texts: list[str]
+    labels: list[str]  # label names as written in the file (or negative/positive for 0/1 sentiment files)
+    text_column: str
+    label_column: str
+    skipped: list[str] = field(default_factory=list)  # "row 7: empty text", ...
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted(set(self.labels))
+
+    def counts(self) -> dict[str, int]:
+        return {name: self.labels.count(name) for name in self.classes}
+
+
+def _pick(columns: list[str], wanted: tuple[str, ...], what: str, name: str) -> str:
+    lowered = {c.strip().lower(): c for c in columns}
+    for candidate in wanted:
+        if candidate in lowered:
+            return lowered[candidate]
+    raise UserError(f"{name}: no {what} column. The header has {', '.join(repr(c) for c in columns) or 'no columns'}; "
+                    f"name one of them {' or '.join(repr(w) for w in wanted[:3])}.")
+
+
+def parse_labelled_text(content: str, name: str = "the file", sentiment: bool = False) -> LabelledText:
+    """CSV or TSV (detected from the header line) -> texts and label names. Rows with an empty text or label
+    are skipped and reported. With `sentiment`, labels 0/1/neg/pos are read as negative/positive."""
+    content = content.lstrip("\ufeff")
+    lines = content.splitlines()
+    if not lines or not lines[0].strip():
+        raise UserError(f"{name}: the file is empty or its first line (the header) is blank.")
+    header_line = lines[0]
+    delimiter = "\t" if header_line.count("\t") >= max(1, header_line.count(",")) else (
+        ";" if header_line.count(";") > header_line.count(",") else ",")
+    # TSV files such as GLUE's contain bare quotes inside sentences: read them without quote handling
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    csv.field_size_limit(10 * 2**20)
+    try:
+        rows = list(csv.reader(io.StringIO(content), delimiter=delimiter, quoting=quoting))
+    except csv.Error as error:
+        raise UserError(f"{name}: not a readable CSV/TSV file ({error}).") from error
+    header = [column.strip() for column in rows[0]]
+    text_column = _pick(header, TEXT_COLUMNS, "text", name)
+    label_column = _pick(header, LABEL_COLUMNS, "label", name)
+    ti, li = header.index(text_column), header.index(label_column)
+    texts, labels, skipped = [], [], []
+    for number, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue  # blank line
+        if len(row) <= max(ti, li):
+            skipped.append(f"row {number}: {len(row)} field(s), expected {len(header)}")
+            continue
+        text, label = row[ti].strip(), row[li].strip()
+        if not text:
+            skipped.append(f"row {number}: empty text")
+            continue
+        if not label:
+            skipped.append(f"row {number}: empty label")
+            continue
+        if sentiment:
+            if label.lower() not in SENTIMENT_NAMES:
+                skipped.append(f"row {number}: label {label[:20]!r} is not 0/1 or negative/positive")
+                continue
+            label = SENTIMENT_NAMES[label.lower()]
+        texts.append(text)
+        labels.append(label)
+    if not texts:
+        reasons = "; ".join(skipped[:5])
+        raise UserError(f"{name}: no usable rows{f' ({reasons})' if reasons else ''}.")
+    return LabelledText(texts, labels, text_column, label_column, skipped)
+
+
+def read_labelled_text(path: str | Path, sentiment: bool = False) -> LabelledText:
+    path = Path(path)
+    return parse_labelled_text(read_text_file(path), path.name, sentiment=sentiment)

@@ -1,0 +1,277 @@
+"""The text engine: file parsing, the character GPT (shapes, cached sampling, training, checkpoints), the LoRA
+text classifier (adapter round trip, explanations, truncation), Hugging Face loading code on tiny local models,
+and the eval CLIs on tiny files written here. No ../shared, no network."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.errors import UserError
+from engine.text.chargpt import (CharGPT, CharGPTConfig, CharTokenizer, CharTrainConfig, evaluate_text, filter_logits,
+                                 generate, load_chargpt, save_chargpt, train_chargpt)
+from engine.text.data import decode_bytes, parse_labelled_text, read_labelled_text
+from tests.test_cli import run_cli
+
+TEXT = "the cat sat on the mat.\nthe dog sat on the log.\n" * 40
+
+
+def tiny_gpt(vocab: int, block: int = 16, seed: int = 0) -> CharGPT:
+    torch.manual_seed(seed)
+    return CharGPT(CharGPTConfig(vocab_size=vocab, block_size=block, n_layer=2, n_head=2, n_embd=32, dropout=0.0)).eval()
+
+
+# ---------------------------------------------------------------------------------------------------------- files
+
+
+def test_tsv_and_csv_with_label_names_and_skipped_rows():
+    table = parse_labelled_text("label\tsentence\n1\tgreat film\n0\tdull \" plot\n\n1\t\n", "t.tsv", sentiment=True)
+    assert table.texts == ["great film", 'dull " plot'] and table.labels == ["positive", "negative"]
+    assert table.skipped == ["row 5: empty text"]
+    table = parse_labelled_text('text,category\n"a, b",sports\nc,politics\n', "t.csv")
+    assert table.texts == ["a, b", "c"] and table.classes == ["politics", "sports"]
+
+
+def test_missing_columns_are_named():
+    with pytest.raises(UserError, match="no label column.*'sentence', 'stars'"):
+        parse_labelled_text("sentence,stars\nok,5\n", "x.csv")
+    with pytest.raises(UserError, match="no text column"):
+        parse_labelled_text("label,score\n1,2\n", "x.csv")
+    with pytest.raises(UserError, match="empty"):
+        parse_labelled_text("", "x.csv")
+
+
+def test_encodings_and_binary(tmp_path: Path):
+    content = "label\ttext\n1\tcafé crème\n"
+    for encoding in ("utf-8", "utf-8-sig", "utf-16", "cp1252"):
+        path = tmp_path / f"{encoding}.tsv"
+        path.write_bytes(content.encode(encoding))
+        assert read_labelled_text(path).texts == ["café crème"], encoding
+    with pytest.raises(UserError, match="binary"):
+        decode_bytes(b"PK\x03\x04\x00\x00binary", "x.zip")
+
+
+# ---------------------------------------------------------------------------------------------------------- char GPT
+
+
+def test_tokenizer_round_trip_and_unknown_characters():
+    tokenizer = CharTokenizer.from_text("hello world")
+    assert tokenizer.decode(tokenizer.encode("hello")) == "hello"
+    assert tokenizer.unknown("héllo!") == ["!", "é"]
+    assert tokenizer.decode(tokenizer.encode("h!")) == "h "  # unseen characters read as a space
+
+
+def test_chargpt_shapes_and_initial_loss():
+    model = tiny_gpt(vocab=20)
+    x, y = torch.randint(0, 20, (3, 16), generator=torch.Generator().manual_seed(0)), torch.randint(0, 20, (3, 16))
+    with torch.no_grad():
+        logits, loss = model(x, y)
+    assert logits.shape == (3, 16, 20) and loss.shape == ()
+    assert abs(float(loss) - math.log(20)) < 0.3  # an untrained model guesses uniformly
+
+
+def test_cached_and_uncached_sampling_agree_within_the_context():
+    tokenizer = CharTokenizer.from_text(TEXT)
+    model = tiny_gpt(len(tokenizer.chars), block=32)
+    kwargs = dict(max_new_chars=26, temperature=1.0, seed=5)
+    cached = "".join(c for c, _ in generate(model, tokenizer, "the ", use_cache=True, **kwargs))
+    uncached = "".join(c for c, _ in generate(model, tokenizer, "the ", use_cache=False, **kwargs))
+    assert cached == uncached and len(cached) == 26
+    with torch.no_grad():  # and the cached logits equal a full forward pass
+        ids = torch.tensor([tokenizer.encode("the cat sat")])
+        full, _ = model(ids)
+        caches = [[] for _ in model.blocks]
+        model(ids[:, :-1], caches=caches)
+        step, _ = model(ids[:, -1:], start=ids.shape[1] - 1, caches=caches)
+    assert torch.allclose(full[0, -1], step[0, -1], atol=1e-5)
+
+
+def test_rolling_cache_generates_past_the_context_and_stops_on_request():
+    tokenizer = CharTokenizer.from_text(TEXT)
+    model = tiny_gpt(len(tokenizer.chars), block=8)
+    out = list(generate(model, tokenizer, "x" * 50, max_new_chars=40, seed=1))  # x is unknown: read as a space
+    assert len(out) == 40 and all(0 <= p <= 1 for _, p in out)
+    calls = []
+    stopped = list(generate(model, tokenizer, "the", max_new_chars=100, should_stop=lambda: len(calls.append(1) or calls) > 5))
+    assert len(stopped) == 5
+
+
+def test_filter_logits_top_k_and_top_p():
+    logits = torch.tensor([4.0, 3.0, 2.0, 1.0])
+    assert (filter_logits(logits, 1.0, 2, 1.0) > 0).tolist() == [True, True, False, False]
+    probs = filter_logits(logits, 1.0, 0, 0.5)  # the top token alone holds 64% of the mass
+    assert probs.tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert abs(float(filter_logits(logits, 0.7, 0, 1.0).sum()) - 1) < 1e-6
+
+
+def test_evaluate_scores_every_character_once():
+    tokenizer = CharTokenizer.from_text(TEXT)
+    model = tiny_gpt(len(tokenizer.chars), block=16)
+    ids = torch.tensor(tokenizer.encode(TEXT[:101]))
+    result = evaluate_text(model, ids)
+    assert result["n_chars"] == 100
+    assert evaluate_text(model, ids[:5])["n_chars"] == 4  # shorter than the context
+
+
+def test_training_lowers_the_loss_and_checkpoint_round_trip(tmp_path: Path):
+    config = CharTrainConfig(model=CharGPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=32, dropout=0.0),
+                             max_iters=150, batch_size=16, lr=3e-3, warmup_iters=10, eval_every=50, eval_batches=2)
+    model, tokenizer, metrics = train_chargpt(TEXT, config)
+    assert metrics["val_loss"] < 1.5 < math.log(len(tokenizer.chars))  # far below guessing
+    assert [h["iter"] for h in metrics["history"]] == [0, 50, 100, 150]
+    folder = save_chargpt(model, tokenizer, tmp_path / "lm", "lm", metrics, {"max_iters": 150}, "a test text")
+    loaded, loaded_tokenizer, card = load_chargpt(folder)
+    assert loaded_tokenizer.chars == tokenizer.chars and card["task"] == "lm"
+    x = torch.tensor([tokenizer.encode("the cat")])
+    with torch.no_grad():  # weights are stored as float16: the same logits to about 1e-3
+        assert torch.allclose(model(x)[0], loaded(x)[0], atol=1e-2)
+        assert (model(x)[0].argmax(-1) == loaded(x)[0].argmax(-1)).all()
+
+
+def test_training_refuses_too_short_text():
+    with pytest.raises(UserError, match="too short"):
+        train_chargpt("abc", CharTrainConfig(model=CharGPTConfig(block_size=16)))
+
+
+# ---------------------------------------------------------------------------------------------------------- classifier
+
+SENTENCES = ["a wonderful , moving film", "great acting and a clever plot", "i loved every minute", "pure joy",
+             "a dull , lifeless mess", "boring and far too long", "i hated it", "a waste of time"]
+LABELS = ["positive"] * 4 + ["negative"] * 4
+
+
+@pytest.fixture(scope="module")
+def lora_model(tmp_path_factory):
+    from engine.text.classify import TextTrainConfig, save_text_classifier, train_text_classifier
+
+    config = TextTrainConfig(epochs=3, batch_size=4, lr=3e-3, lora_r=2, eval_every=1000)
+    model, labels, metrics = train_text_classifier(SENTENCES, LABELS, SENTENCES[:2], LABELS[:2], config)
+    folder = save_text_classifier(model, labels, tmp_path_factory.mktemp("text") / "tiny-sentiment", "tiny-sentiment",
+                                  "sentiment", metrics, {"epochs": 3}, "eight sentences written in the test")
+    return model, labels, folder
+
+
+def test_lora_adapter_round_trip_through_a_checkpoint(lora_model):
+    from safetensors.torch import load_file
+
+    from engine.text.classify import TextPredictor, load_text_classifier
+
+    model, labels, folder = lora_model
+    saved = load_file(folder / "weights.safetensors")
+    assert saved and all("lora_" in k or k.startswith("head.") for k in saved)  # adapters and head only
+    assert (folder / "weights.safetensors").stat().st_size < 2_000_000
+    from transformers import AutoTokenizer
+
+    from engine.text.classify import base_folder
+
+    before = TextPredictor(model, AutoTokenizer.from_pretrained(base_folder("package:all-MiniLM-L6-v2")), labels).predict_proba(SENTENCES)
+    after = load_text_classifier(folder, quantize=False).predict_proba(SENTENCES)  # merged adapters: same numbers
+    assert labels == ["negative", "positive"]
+    assert abs(before - after).max() < 1e-4
+    quantized = load_text_classifier(folder).predict_proba(SENTENCES)  # int8 on the CPU: close, not equal
+    assert abs(before - quantized).max() < 0.05
+
+
+def test_explanation_and_truncation(lora_model):
+    from engine.text.classify import MAX_EXPLAIN_WORDS, load_text_classifier
+
+    predictor = load_text_classifier(lora_model[2])
+    result = predictor.explain("a wonderful , moving film")
+    assert [w for w, _ in result["words"]] == ["a", "wonderful", ",", "moving", "film"]
+    assert result["towards"] == "positive" and set(result["probabilities"]) == {"negative", "positive"}
+    long = predictor.explain("good " * 50_000)  # 250,000 characters: capped, truncated, still an answer
+    assert len(long["words"]) == MAX_EXPLAIN_WORDS and long["truncated_words"] > 0
+    with pytest.raises(UserError, match="empty"):
+        predictor.explain("   \n ")
+    tokens = predictor.tokenizer(["word " * 5000], truncation=True, max_length=predictor.max_tokens)["input_ids"][0]
+    assert len(tokens) == predictor.max_tokens
+
+
+def test_eval_cli_on_tiny_files(lora_model, tmp_path: Path):
+    data = tmp_path / "reviews.csv"
+    data.write_text("content,label\n" + "".join(f'"{s}",{l}\n' for s, l in zip(SENTENCES, LABELS)))
+    result = run_cli("eval", "sentiment", "--model", str(lora_model[2]), "--data", str(data), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["n"] == 8 and 0 <= report["accuracy"] <= 1
+    bad = tmp_path / "bad.csv"
+    bad.write_text("comment,stars\nnice,5\n")
+    result = run_cli("eval", "sentiment", "--model", str(lora_model[2]), "--data", str(bad), "--json")
+    assert result.returncode == 2 and "no label column" in result.stderr
+
+
+def test_eval_lm_cli(tmp_path: Path):
+    tokenizer = CharTokenizer.from_text(TEXT)
+    folder = save_chargpt(tiny_gpt(len(tokenizer.chars)), tokenizer, tmp_path / "lm", "lm", {}, {}, "none")
+    data = tmp_path / "text.txt"
+    data.write_text(TEXT)
+    result = run_cli("eval", "lm", "--model", str(folder), "--data", str(data), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    expected = len(TEXT) - int(len(TEXT) * 0.9) - 1
+    assert report["n_chars"] == expected and 2 < report["val_loss"] < 4
+
+
+# ---------------------------------------------------------------------------------------------------------- hub code
+
+
+@pytest.fixture(scope="module")
+def tiny_hub_models(tmp_path_factory) -> dict[str, Path]:
+    """A tiny BERT sentiment classifier and a tiny GPT-2, saved as a Hugging Face model folder would be."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel
+
+    from engine.text.classify import base_folder
+
+    root = tmp_path_factory.mktemp("hub")
+    tokenizer = AutoTokenizer.from_pretrained(base_folder("package:all-MiniLM-L6-v2"))
+    torch.manual_seed(0)
+    bert = BertForSequenceClassification(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1,
+                                                     num_attention_heads=2, intermediate_size=32, num_labels=2,
+                                                     id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1}))
+    gpt = GPT2LMHeadModel(GPT2Config(vocab_size=tokenizer.vocab_size, n_positions=64, n_embd=16, n_layer=1, n_head=2,
+                                     bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id))
+    folders = {}
+    for name, model in (("classifier", bert), ("lm", gpt)):
+        folders[name] = root / name
+        model.save_pretrained(folders[name])
+        tokenizer.save_pretrained(folders[name])
+    return folders
+
+
+def test_hub_text_classifier_loading_code(tiny_hub_models):
+    from engine.registry import Registry, hf_text_entry
+
+    registry = Registry()
+    registry.add(hf_text_entry(str(tiny_hub_models["classifier"]), "sentiment"))
+    predictor = registry.get(str(tiny_hub_models["classifier"]))
+    assert predictor.labels == ["negative", "positive"]
+    assert abs(sum(predictor.predict("what a film").values()) - 1) < 1e-5
+    assert len(predictor.explain("what a film")["words"]) == 3
+
+
+def test_hub_causal_lm_streams_and_stops(tiny_hub_models):
+    from engine.text.generate import HFCausalLM, SamplingSettings
+
+    lm = HFCausalLM(str(tiny_hub_models["lm"]))
+    pieces = list(lm.stream("hello there", SamplingSettings(max_new_tokens=10, seed=0)))
+    assert 1 <= len(pieces) <= 10 and all(isinstance(p, str) and 0 <= q <= 1 for p, q in pieces)
+    assert list(lm.stream("hello", SamplingSettings(max_new_tokens=10), should_stop=lambda: True)) == []
+    assert lm.evaluate("hello there , general")["val_loss"] > 0
+
+
+def test_missing_hub_model_is_a_clear_error(tmp_path: Path):
+    from engine.text.generate import HFCausalLM
+
+    with pytest.raises(UserError, match="could not be loaded"):
+        HFCausalLM(str(tmp_path / "nothing-here"))
+
+
+def test_sampling_settings_are_checked():
+    from engine.text.generate import SamplingSettings
+
+    for bad in (dict(max_new_tokens=0), dict(temperature=0), dict(top_p=0), dict(top_k=-1), dict(seed=-3)):
+        with pytest.raises(UserError):
+            SamplingSettings(**bad).validate()
