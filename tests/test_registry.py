@@ -45,8 +45,9 @@ def test_reachability_check_gives_up_within_seconds(monkeypatch):
     monkeypatch.delenv("MINILAB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
 
-    def hangs(*args, **kwargs):
+    def hangs(*args, **kwargs):  # like a DNS lookup that hangs offline, then times out
         time.sleep(30)
+        raise TimeoutError("timed out")
 
     monkeypatch.setattr(socket, "create_connection", hangs)
     started = time.perf_counter()
