@@ -7,8 +7,8 @@ Two choices differ from nanoGPT, both for fast streaming on a CPU:
 - positions are encoded with rotary embeddings (RoPE) instead of a learned table. Attention then depends
   only on how far apart two characters are, so sampling can keep a *rolling* key-value cache of the last
   `block_size` characters and generate forever at a constant cost per character;
-- sampling keeps that key-value cache: each new character costs one position through the network, not
-  a full window. `generate(..., use_cache=False)` is the plain re-run-the-window version; within the first
+- sampling keeps that key-value cache, a ring buffer of block_size slots per layer: each new character
+  costs one position through the network, not a full window, and no copying of the cache. `generate(..., use_cache=False)` is the plain re-run-the-window version; within the first
   `block_size` characters the two agree exactly (a unit test checks it).
 """
 from __future__ import annotations
@@ -96,16 +96,23 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: list[torch.Tensor] | None = None) -> torch.Tensor:
+                cache: list | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if cache is not None and cache:  # one new position attends to the cached ones and itself
-            k = torch.cat((cache[0], k), dim=2)[:, :, -self.block_size:]
-            v = torch.cat((cache[1], v), dim=2)[:, :, -self.block_size:]
-        if cache is not None:
-            cache[:] = [k, v]
+        if cache:  # one new position: write it over the oldest slot of the ring, attend to every filled slot
+            k_ring, v_ring, filled = cache
+            slot = filled % self.block_size
+            k_ring[:, :, slot], v_ring[:, :, slot] = k[:, :, 0], v[:, :, 0]
+            cache[2] = filled = filled + 1
+            k, v = k_ring[:, :, :min(filled, self.block_size)], v_ring[:, :, :min(filled, self.block_size)]
+        elif cache is not None:  # the prompt: keep its last block_size keys and values in a ring buffer
+            keep = min(T, self.block_size)
+            k_ring, v_ring = (k.new_zeros(B, self.n_head, self.block_size, C // self.n_head) for _ in range(2))
+            k_ring[:, :, :keep], v_ring[:, :, :keep] = k[:, :, -keep:], v[:, :, -keep:]
+            cache[:] = [k_ring, v_ring, keep]
+        # Keys carry their rotary positions, so attention does not care in which order the ring holds them.
         causal = T > 1  # a single query position may see every cached key
         y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).contiguous().view(B, T, C))
