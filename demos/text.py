@@ -69,7 +69,7 @@ def classify_text(model_name: str, text: str, request: gr.Request):
     biggest = max([abs(score) for _, score in result["words"]] + [1e-6])
     words = [(word + " ", round(score / biggest, 3)) for word, score in result["words"]]
     note = f"Each word's colour: how much removing it changes the probability of **{result['towards']}** "
-    note += "(blue: pushes towards it, red: away)." if result["towards"] == "positive" else "(red: supports it, blue: against)."
+    note += "(red: pushes towards it, blue: away from it)."  # Gradio colours positive scores red, negative blue
     if result["truncated_words"]:
         note += f" Only the first {len(result['words'])} words are explained ({result['truncated_words']} more are not)."
     note += f" {ms:.0f} ms for the label and {len(result['words']) + 1} forward passes."
@@ -187,7 +187,7 @@ def _generate(model_name, prompt, max_new, temperature, top_k, top_p, seed, colo
     for piece, probability in lm.stream(prompt, settings, should_stop=flag.is_set):
         text += piece
         if colour:
-            pieces.append((piece, round(2 * probability - 1, 3)))
+            pieces.append((piece, round(1 - 2 * probability, 3)))  # a surprise (low probability) shows red
         now = time.perf_counter()
         if now - last_push >= STREAM_EVERY_S:
             last_push = now

@@ -1,5 +1,6 @@
-"""Take the README's screenshot in a real headless Chromium: start the app, classify an example photo,
-open "Look inside", and save docs/screenshot.png.
+"""Take the README's screenshots in a real headless Chromium: start the app, classify an example photo,
+open "Look inside", and save docs/screenshot.png; then explain a sentence's sentiment and save
+docs/screenshot_text.png.
 
     python docs/take_screenshot.py            # needs Debian's chromium and the playwright package
 """
@@ -30,10 +31,17 @@ def main() -> None:
             page.get_by_text("Look inside the network").click()
             page.wait_for_timeout(1500)
             page.screenshot(path=str(ROOT / "docs" / "screenshot.png"), full_page=False)
+            page.get_by_role("tab", name="Text").click()
+            page.locator("#sentiment-input textarea").fill("The pasta was cold, but the waiter was lovely and the dessert made up for it.")
+            page.locator("#sentiment-button").click()
+            page.wait_for_function("() => (document.querySelector('#sentiment-words') || {}).innerText?.includes('dessert')",
+                                   timeout=60_000)
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(ROOT / "docs" / "screenshot_text.png"), full_page=False)
             browser.close()
     finally:
         server.close()
-    print(ROOT / "docs" / "screenshot.png")
+    print(ROOT / "docs" / "screenshot.png", ROOT / "docs" / "screenshot_text.png")
 
 
 if __name__ == "__main__":
