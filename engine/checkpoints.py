@@ -12,7 +12,6 @@ import shutil
 import tempfile
 import time
 import zipfile
-import zlib
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from engine.errors import UserError
+from engine.uploads import copy_zip_member
 
 CARD_FORMAT = "minilab-model/1"
 WEIGHTS_FILE = "weights.safetensors"
@@ -171,13 +171,7 @@ def unpack_model_zip(zip_path: str | Path, into: str | Path) -> Path:
             relative = Path(info.filename[len(prefix):])
             if relative.is_absolute() or ".." in relative.parts or not relative.parts:
                 raise UserError(f"{Path(zip_path).name}: unsafe path {info.filename!r} in the zip.")
-            target = root / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                with archive.open(info) as source, open(target, "wb") as sink:
-                    shutil.copyfileobj(source, sink)
-            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as error:
-                raise UserError(f"{Path(zip_path).name}: {info.filename!r} is damaged or encrypted ({error}).") from error
+            copy_zip_member(archive, info, root / relative, Path(zip_path).name, MAX_MODEL_ZIP_BYTES)
     return root
 
 

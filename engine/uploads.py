@@ -48,6 +48,37 @@ def _is_hidden_or_system(parts: tuple[str, ...]) -> bool:
     return any(part in SYSTEM_NAMES or part.startswith(".") or part.startswith("._") for part in parts)
 
 
+# Compression methods Python's zipfile can read; anything else (or an encrypted member) is refused by name.
+READABLE_COMPRESSION = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate", zipfile.ZIP_BZIP2: "bzip2",
+                        zipfile.ZIP_LZMA: "lzma"}
+
+
+def copy_zip_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, target: Path, zip_name: str,
+                    max_bytes: int | None = None) -> None:
+    """Unpack one member to `target`, refusing encrypted members, unknown compression, damaged data and
+    members larger than `max_bytes` (whatever their header claims). A half-written file is removed."""
+    if member.flag_bits & 0x1:
+        raise UserError(f"{zip_name}: {member.filename!r} is encrypted; minilab cannot unpack password-protected zips.")
+    if member.compress_type not in READABLE_COMPRESSION:
+        raise UserError(f"{zip_name}: {member.filename!r} uses compression method {member.compress_type}; "
+                        f"re-zip it with {', '.join(READABLE_COMPRESSION.values())}.")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    try:
+        with archive.open(member) as source, open(target, "wb") as sink:
+            while chunk := source.read(1 << 20):
+                written += len(chunk)
+                if max_bytes is not None and written > max_bytes:  # the header lied about the size
+                    raise UserError(f"{zip_name}: {member.filename!r} is larger than its header says.")
+                sink.write(chunk)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as error:
+        target.unlink(missing_ok=True)
+        raise UserError(f"{zip_name}: {member.filename!r} is damaged and cannot be unpacked ({error}).") from error
+    except UserError:
+        target.unlink(missing_ok=True)
+        raise
+
+
 def safe_extract_zip(zip_path: str | Path, into: str | Path, limits: ZipLimits = ZipLimits()) -> tuple[Path, list[tuple[str, str]]]:
     """Extract the members worth keeping into `into`; return it and the (name, reason) list of skipped ones."""
     zip_path, into = Path(zip_path), Path(into)
@@ -91,19 +122,7 @@ def safe_extract_zip(zip_path: str | Path, into: str | Path, limits: ZipLimits =
             target = (root / Path(*parts)).resolve()
             if root not in target.parents:
                 raise UserError(f"{name} contains an unsafe path {member.filename!r}.")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            written = 0
-            try:
-                with archive.open(member) as source, open(target, "wb") as sink:
-                    while chunk := source.read(1 << 20):
-                        written += len(chunk)
-                        if written > limits.max_member_bytes:  # the header lied about the size
-                            raise UserError(f"{name}: {member.filename!r} is larger than its header says.")
-                        sink.write(chunk)
-            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as error:
-                target.unlink(missing_ok=True)
-                raise UserError(f"{name}: {member.filename!r} is damaged, encrypted or uses an unsupported "
-                                f"compression and cannot be unpacked ({error}).") from error
+            copy_zip_member(archive, member, target, name, limits.max_member_bytes)
     return root, skipped
 
 

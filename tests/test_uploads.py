@@ -246,3 +246,21 @@ def test_damaged_member_is_a_clear_error_and_leaves_no_half_file(tmp_path):
     with pytest.raises(UserError, match="damaged"):
         safe_extract_zip(path, tmp_path / "out")
     assert not (tmp_path / "out" / "cats" / "a.png").exists()
+
+
+def test_unknown_compression_and_encryption_are_named(tmp_path):
+    path = tmp_path / "odd.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("cats/a.png", b"x" * 10)
+    raw = bytearray(path.read_bytes())
+    central = raw.find(b"PK\x01\x02")
+    raw[8:10] = raw[central + 10:central + 12] = (99).to_bytes(2, "little")  # compression method 99
+    path.write_bytes(bytes(raw))
+    with pytest.raises(UserError, match="compression method 99"):
+        safe_extract_zip(path, tmp_path / "out")
+    raw[8:10] = raw[central + 10:central + 12] = (0).to_bytes(2, "little")
+    raw[6] |= 1  # the "encrypted" flag bit, in the local and the central header
+    raw[central + 8] |= 1
+    path.write_bytes(bytes(raw))
+    with pytest.raises(UserError, match="encrypted"):
+        safe_extract_zip(path, tmp_path / "out2")
