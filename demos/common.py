@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 
 import gradio as gr
@@ -15,23 +16,38 @@ def session_key(request: gr.Request | None) -> str | None:
     return getattr(request, "session_hash", None) if request is not None else None
 
 
+def _page_error(error: Exception, where: str) -> gr.Error:
+    """The one-sentence message a page shows for an exception; unexpected ones are logged in full."""
+    if isinstance(error, gr.Error):
+        return error
+    if isinstance(error, UserError):
+        return gr.Error(str(error), print_exception=False)
+    if isinstance(error, MemoryError):
+        return gr.Error("Out of memory: try a smaller input.", print_exception=False)
+    log.exception("unexpected error in %s", where)
+    return gr.Error(f"Something went wrong ({error.__class__.__name__}); please try another input.", print_exception=False)
+
+
 def friendly_errors(function):
     """A user's mistake becomes a readable gr.Error; an unexpected failure is logged and reported
-    in one sentence, never as a traceback page, and the server carries on."""
+    in one sentence, never as a traceback page, and the server carries on. Works for streaming
+    (generator) handlers too, whose errors arrive while they are iterated."""
+    if inspect.isgeneratorfunction(function):
+
+        @functools.wraps(function)
+        def stream(*args, **kwargs):
+            try:
+                yield from function(*args, **kwargs)
+            except Exception as error:  # last line of defence for the page
+                raise _page_error(error, function.__name__) from None
+
+        return stream
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         try:
             return function(*args, **kwargs)
-        except gr.Error:
-            raise
-        except UserError as error:
-            raise gr.Error(str(error), print_exception=False) from None
-        except MemoryError:
-            raise gr.Error("Out of memory: try a smaller input.", print_exception=False) from None
         except Exception as error:  # last line of defence for the page
-            log.exception("unexpected error in %s", function.__name__)
-            raise gr.Error(f"Something went wrong ({error.__class__.__name__}); please try another input.",
-                           print_exception=False) from None
+            raise _page_error(error, function.__name__) from None
 
     return wrapper

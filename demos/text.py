@@ -76,27 +76,15 @@ def classify_text(model_name: str, text: str, request: gr.Request):
     return result["probabilities"], words, note
 
 
-def _read_batch(lines: str, upload) -> tuple[list[str], list[str | None]]:
-    """Texts from pasted lines, or from an uploaded CSV/TSV (its text column; labels kept when present)."""
-    from engine.text.data import TEXT_COLUMNS, decode_bytes, parse_labelled_text
+def _read_batch(lines: str, upload) -> tuple[list[str], list[str] | None]:
+    """Texts from pasted lines, or from an uploaded CSV/TSV (its text column; its labels when it has some)."""
+    from engine.text.data import decode_bytes, parse_labelled_text
 
     if upload is not None:
         path = Path(upload if isinstance(upload, str) else upload.name)
-        content = decode_bytes(path.read_bytes(), path.name)
-        try:
-            table = parse_labelled_text(content, path.name)
-            return table.texts, table.labels
-        except UserError as error:
-            if "no label column" not in str(error):
-                raise
-        rows = list(csv.DictReader(content.splitlines(), delimiter="\t" if "\t" in content.splitlines()[0] else ","))
-        column = next((c for c in (rows[0].keys() if rows else []) if c and c.strip().lower() in TEXT_COLUMNS), None)
-        if column is None:
-            raise UserError(f"{path.name}: no text column; name one of them {', '.join(TEXT_COLUMNS[:3])}.")
-        texts = [row[column].strip() for row in rows if (row.get(column) or "").strip()]
-        return texts, [None] * len(texts)
-    texts = [line.strip() for line in (lines or "").splitlines() if line.strip()]
-    return texts, [None] * len(texts)
+        table = parse_labelled_text(decode_bytes(path.read_bytes(), path.name), path.name, labels_required=False)
+        return table.texts, table.labels
+    return [line.strip() for line in (lines or "").splitlines() if line.strip()], None
 
 
 @friendly_errors
@@ -109,15 +97,15 @@ def classify_batch(model_name: str, lines: str, upload, request: gr.Request):
     predictor = _load(model_name, session_key(request))
     probs = predictor.predict_proba(texts)
     rows = []
-    for text, label, row in zip(texts, given, probs):
+    for text, label, row in zip(texts, given or [""] * len(texts), probs):
         best = int(row.argmax())
-        rows.append([text[:300], predictor.labels[best], round(float(row[best]), 4), label or ""])
+        rows.append([text[:300], predictor.labels[best], round(float(row[best]), 4), label])
     summary = ""
-    if all(label is not None for label in given):
+    if given is not None:
         from engine.text.evaluate import match_labels
 
         try:
-            truth = match_labels([str(label) for label in given], predictor.labels)
+            truth = match_labels(given, predictor.labels)
             correct = sum(t == r[1] for t, r in zip(truth, rows))
             summary = f"Accuracy against the file's labels: **{correct / len(rows):.1%}** ({correct}/{len(rows)})."
         except UserError as error:
@@ -152,25 +140,13 @@ def add_hub_model_to_list(model_id: str, task: str, request: gr.Request):
 # Generation
 
 
+@friendly_errors
 def generate_stream(model_name: str, prompt: str, max_new: float, temperature: float, top_k: float, top_p: float,
                     seed: float, colour: bool, request: gr.Request):
     """Yield (text so far, coloured pieces, status) as characters are sampled; the Stop button ends it."""
-    try:
-        yield from _generate(model_name, prompt, max_new, temperature, top_k, top_p, seed, colour, session_key(request))
-    except gr.Error:
-        raise
-    except UserError as error:
-        raise gr.Error(str(error), print_exception=False) from None
-    except Exception as error:  # noqa: BLE001 (never a traceback page)
-        import logging
-
-        logging.getLogger("minilab").exception("generation failed")
-        raise gr.Error(f"Generation failed ({error.__class__.__name__}).", print_exception=False) from None
-
-
-def _generate(model_name, prompt, max_new, temperature, top_k, top_p, seed, colour, session):
     from engine.text.generate import SamplingSettings
 
+    session = session_key(request)
     if not model_name:
         raise UserError("Pick a model first.")
     settings = SamplingSettings(int(max_new or 0), float(temperature or 0), int(top_k or 0), float(top_p or 0),

@@ -52,17 +52,17 @@ def read_text_file(path: str | Path, max_bytes: int = MAX_TEXT_FILE_BYTES) -> st
 @dataclass
 class LabelledText:
     texts: list[str]
-    labels: list[str]  # label names as written in the file (or negative/positive for 0/1 sentiment files)
+    labels: list[str] | None  # label names as written (negative/positive for 0/1 sentiment files); None: no label column
     text_column: str
-    label_column: str
+    label_column: str | None
     skipped: list[str] = field(default_factory=list)  # "row 7: empty text", ...
 
     @property
     def classes(self) -> list[str]:
-        return sorted(set(self.labels))
+        return sorted(set(self.labels or []))
 
     def counts(self) -> dict[str, int]:
-        return {name: self.labels.count(name) for name in self.classes}
+        return {name: (self.labels or []).count(name) for name in self.classes}
 
 
 def _pick(columns: list[str], wanted: tuple[str, ...], what: str, name: str) -> str:
@@ -74,9 +74,11 @@ def _pick(columns: list[str], wanted: tuple[str, ...], what: str, name: str) -> 
                     f"name one of them {' or '.join(repr(w) for w in wanted[:3])}.")
 
 
-def parse_labelled_text(content: str, name: str = "the file", sentiment: bool = False) -> LabelledText:
+def parse_labelled_text(content: str, name: str = "the file", sentiment: bool = False,
+                        labels_required: bool = True) -> LabelledText:
     """CSV or TSV (detected from the header line) -> texts and label names. Rows with an empty text or label
-    are skipped and reported. With `sentiment`, labels 0/1/neg/pos are read as negative/positive."""
+    are skipped and reported. With `sentiment`, labels 0/1/neg/pos are read as negative/positive. Without
+    `labels_required`, a file with no label column gives its texts and labels=None."""
     content = content.lstrip("\ufeff")
     lines = content.splitlines()
     if not lines or not lines[0].strip():
@@ -93,8 +95,10 @@ def parse_labelled_text(content: str, name: str = "the file", sentiment: bool = 
         raise UserError(f"{name}: not a readable CSV/TSV file ({error}).") from error
     header = [column.strip() for column in rows[0]]
     text_column = _pick(header, TEXT_COLUMNS, "text", name)
-    label_column = _pick(header, LABEL_COLUMNS, "label", name)
-    ti, li = header.index(text_column), header.index(label_column)
+    has_labels = labels_required or any(c.lower() in LABEL_COLUMNS for c in header)
+    label_column = _pick(header, LABEL_COLUMNS, "label", name) if has_labels else None
+    ti = header.index(text_column)
+    li = header.index(label_column) if label_column else ti
     texts, labels, skipped = [], [], []
     for number, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
@@ -109,7 +113,7 @@ def parse_labelled_text(content: str, name: str = "the file", sentiment: bool = 
         if not label:
             skipped.append(f"row {number}: empty label")
             continue
-        if sentiment:
+        if sentiment and label_column:
             if label.lower() not in SENTIMENT_NAMES:
                 skipped.append(f"row {number}: label {label[:20]!r} is not 0/1 or negative/positive")
                 continue
@@ -119,7 +123,7 @@ def parse_labelled_text(content: str, name: str = "the file", sentiment: bool = 
     if not texts:
         reasons = "; ".join(skipped[:5])
         raise UserError(f"{name}: no usable rows{f' ({reasons})' if reasons else ''}.")
-    return LabelledText(texts, labels, text_column, label_column, skipped)
+    return LabelledText(texts, labels if label_column else None, text_column, label_column, skipped)
 
 
 def read_labelled_text(path: str | Path, sentiment: bool = False) -> LabelledText:
