@@ -13,7 +13,7 @@ import threading
 
 import gradio as gr
 
-from demos import image, rl, system, text
+from demos import finetune, image, rl, system, text
 
 TITLE = "minilab"
 INTRO = ("**minilab**: play with real neural networks. Everything here runs on models minilab trained itself, "
@@ -23,16 +23,22 @@ INTRO = ("**minilab**: play with real neural networks. Everything here runs on m
 def build_app() -> gr.Blocks:
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# 🧪 minilab\n{INTRO}")
+        # One random key per browser (localStorage): training jobs and the models they make belong to it,
+        # so a reloaded page finds them again and no other browser ever sees them.
+        owner = gr.BrowserState(None, storage_key="minilab-owner")
         with gr.Tabs():
-            with gr.Tab("Image classification", id="image"):
+            with gr.Tab("Image classification", id="image") as image_page:
                 image_tab = image.build()
             with gr.Tab("Text", id="text") as text_page:
                 text_tab = text.build()
+            with gr.Tab("Fine-tune", id="finetune"):
+                finetune_tab = finetune.build(owner)
             with gr.Tab("Reinforcement learning", id="rl") as rl_page:
-                rl_tab = rl.build()
+                rl_tab = rl.build(owner)
             with gr.Tab("System", id="system") as system_page:
                 system_tab = system.build()
         demo.load(image_tab["refresh"], inputs=image_tab["model"], outputs=image_tab["model"], api_name=False)
+        image_page.select(image_tab["refresh"], inputs=image_tab["model"], outputs=image_tab["model"], api_name=False)
         demo.load(image.describe_model, inputs=image_tab["model"], outputs=image_tab["about"], api_name=False)
         text_models = [text_tab["sentiment_model"], text_tab["lm_model"]]
         demo.load(text_tab["refresh"], inputs=text_models, outputs=text_models, api_name=False)
@@ -40,9 +46,11 @@ def build_app() -> gr.Blocks:
         demo.load(text.describe_model, inputs=text_tab["sentiment_model"], outputs=text_tab["sentiment_about"], api_name=False)
         demo.load(text.describe_model, inputs=text_tab["lm_model"], outputs=text_tab["lm_about"], api_name=False)
         # The browser's owner key first, then reattach to a training job that outlived a reload.
-        demo.load(rl_tab["ensure_owner"], inputs=rl_tab["owner"], outputs=rl_tab["owner"], api_name=False).then(
-            rl_tab["poll"], inputs=[rl_tab["owner"], rl_tab["agent"]], outputs=rl_tab["poll_outputs"], api_name=False,
-            show_progress="hidden")
+        reattach = demo.load(rl_tab["ensure_owner"], inputs=owner, outputs=owner, api_name=False)
+        reattach.then(rl_tab["poll"], inputs=[owner, rl_tab["agent"]], outputs=rl_tab["poll_outputs"], api_name=False,
+                      show_progress="hidden")
+        reattach.then(finetune_tab["poll"], inputs=owner, outputs=finetune_tab["poll_outputs"], api_name=False,
+                      show_progress="hidden")
         rl_page.select(rl_tab["refresh"], inputs=[rl_tab["owner"], rl_tab["agent"]], outputs=rl_tab["agent"], api_name=False)
         system_page.select(system_tab["refresh"], outputs=[system_tab["device"], system_tab["models"], system_tab["loaded"]],
                            api_name=False)

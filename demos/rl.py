@@ -191,8 +191,9 @@ def refresh_agents(owner: str | None, current: str):
     return gr.Dropdown(choices=choices, value=current if current in values else (values[0] if values else None))
 
 
-def build() -> dict:
-    owner = gr.BrowserState(None, storage_key="minilab-owner")
+def build(owner: gr.BrowserState | None = None) -> dict:
+    """The tab; `owner` is the browser's owner key, shared with the Fine-tune tab (made here when alone)."""
+    owner = owner if owner is not None else gr.BrowserState(None, storage_key="minilab-owner")
     choices = agent_choices(None)
     default = "cartpole" if any(v == "cartpole" for _, v in choices) else (choices[0][1] if choices else None)
     gr.Markdown("Balance a pole on a cart by pushing left or right. A **DQN** learns which push is worth more "

@@ -9,6 +9,9 @@
     python -m engine train shakespeare --json
     python -m engine eval sentiment --model sst2 --data reviews.tsv --json
     python -m engine eval lm --model shakespeare --data input.txt --json
+    python -m engine finetune image --data my_classes.zip --time-budget 45 --out my-model --json
+    python -m engine finetune text --data reviews.csv --out my-text-model --json
+    python -m engine finetune chargpt --data book.txt --time-budget 100 --out my-writer --json
 
 With --json the last line printed is one JSON object. User mistakes exit with status 2 and a message.
 """
@@ -35,13 +38,62 @@ def _print_progress(event: dict) -> None:
               file=sys.stderr, flush=True)
 
 
-def cmd_train(args: argparse.Namespace) -> dict:
-    if args.threads is not None:
+def _set_threads(threads: int | None) -> None:
+    if threads is not None:
         import torch
 
-        if not 1 <= args.threads <= 256:
-            raise UserError(f"--threads must be between 1 and 256 (got {args.threads}).")
-        torch.set_num_threads(args.threads)
+        if not 1 <= threads <= 256:
+            raise UserError(f"--threads must be between 1 and 256 (got {threads}).")
+        torch.set_num_threads(threads)
+
+
+def _print_finetune_progress(event: dict) -> None:
+    if event.get("kind") == "stage":
+        print(event["stage"], file=sys.stderr, flush=True)
+    elif event.get("kind") == "epoch":
+        shown = " ".join(f"{k} {event[k]:.4f}" for k in ("train_loss", "val_loss", "val_acc", "cv_acc")
+                         if isinstance(event.get(k), float))
+        print(f"epoch {event.get('epoch')} {shown} elapsed {event.get('elapsed', 0):.0f}s", file=sys.stderr, flush=True)
+
+
+FINETUNE_OPTIONS = {  # CLI option -> config field, for whichever kinds have it
+    "time_budget": "time_budget", "backbone": "backbone", "strategy": "strategy", "epochs": "max_epochs", "lr": "lr",
+    "batch_size": "batch_size", "seed": "seed", "val_fraction": "val_fraction", "image_size": "image_size",
+    "init": "init", "flip": "flip",
+}
+
+
+def cmd_finetune(args: argparse.Namespace) -> dict:
+    """Train on the user's own data, as the Fine-tune tab does; the JSON names the model folder it wrote."""
+    import tempfile
+    from pathlib import Path
+
+    from engine.finetune import default_config, run_finetune
+
+    _set_threads(args.threads)
+    config = default_config(args.kind)
+    for option, field_name in FINETUNE_OPTIONS.items():
+        value = getattr(args, option, None)
+        if value is None:
+            continue
+        if not hasattr(config, field_name):
+            raise UserError(f"--{option.replace('_', '-')} does not apply to finetune {args.kind}.")
+        setattr(config, field_name, value)
+    config.validate()
+    for path in args.data:
+        if not Path(path).exists():
+            raise UserError(f"{path}: no such file or folder.")
+    out = Path(args.out or f"minilab-{args.kind}-model")
+    with tempfile.TemporaryDirectory(prefix="minilab-finetune-") as workdir:
+        result = run_finetune(args.kind, args.data, config, workdir, out, _print_finetune_progress, command=_command_line())
+    summary = {"model": result["folder"], **result["metrics"]}
+    if "sample" in result:
+        print(result["sample"], file=sys.stderr)
+    return summary
+
+
+def cmd_train(args: argparse.Namespace) -> dict:
+    _set_threads(args.threads)
     if args.model in ("cifar10", "mnist"):
         from engine.vision.train import default_config, train_shipped_model
 
@@ -121,7 +173,7 @@ def train_sst2(args: argparse.Namespace) -> dict:
     from engine.text.shipped import train_sst2 as run
 
     config = TextTrainConfig()
-    for name in ("epochs", "batch_size", "lr", "weight_decay", "seed", "time_budget", "lora_r"):
+    for name in ("epochs", "batch_size", "lr", "weight_decay", "seed", "time_budget", "lora_r", "train_norms"):
         if getattr(args, name, None) is not None:
             setattr(config, name, getattr(args, name))
     if config.epochs <= 0 or config.batch_size < 1 or config.lr <= 0 or config.lora_r < 1:
@@ -155,7 +207,7 @@ def train_shakespeare(args: argparse.Namespace) -> dict:
 
 
 def cmd_eval(args: argparse.Namespace) -> dict:
-    if args.task == "image-classification":
+    if args.task in ("image-classification", "image"):
         from engine.vision.evaluate import evaluate_class_folders
 
         if not args.data:
@@ -170,7 +222,7 @@ def cmd_eval(args: argparse.Namespace) -> dict:
         qnet = _load_cartpole_agent(args.model)
         result = evaluate_agent(qnet, episodes=args.episodes, seed0=0)
         return {"mean_return": result["mean_return"], "std_return": result["std_return"], "episodes": result["episodes"]}
-    if args.task == "sentiment":
+    if args.task in ("sentiment", "text"):
         from engine.text.evaluate import evaluate_sentiment_file
 
         if not args.data:
@@ -227,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", help="cpu, cuda or mps (default: automatic)")
     train.add_argument("--budget-steps", type=int, help="cartpole: environment steps to train for (default 50,000)")
     train.add_argument("--lora-r", type=int, help="sst2: LoRA rank")
+    train.add_argument("--train-norms", action="store_true", default=None, help="sst2: also train the encoder's LayerNorms")
     train.add_argument("--max-iters", type=int, help="shakespeare: optimizer steps")
     train.add_argument("--n-layer", type=int, help="shakespeare: transformer blocks")
     train.add_argument("--n-head", type=int, help="shakespeare: attention heads")
@@ -238,13 +291,35 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     evaluate = commands.add_parser("eval", help="evaluate a model on a dataset")
-    evaluate.add_argument("task", choices=["image-classification", "cartpole", "sentiment", "lm"])
+    evaluate.add_argument("task", choices=["image-classification", "image", "cartpole", "sentiment", "text", "lm"],
+                          help="image = image-classification; text = sentiment (any text classifier, labels matched by name)")
     evaluate.add_argument("--model", required=True, help="a registered model name, a model folder or a model zip")
     evaluate.add_argument("--data", help="image-classification: a class-folder dataset (folder or zip); sentiment: a CSV/TSV; lm: a .txt")
     evaluate.add_argument("--episodes", type=int, default=100, help="cartpole: greedy episodes, seeds 0..N-1")
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.add_argument("--json", action="store_true", help="print one JSON line last")
     evaluate.set_defaults(func=cmd_eval)
+
+    finetune = commands.add_parser("finetune", help="train a model on your own data, as the Fine-tune tab does")
+    finetune.add_argument("kind", choices=["image", "text", "chargpt"])
+    finetune.add_argument("--data", required=True, nargs="+",
+                          help="image: a zip or folder of class folders, or images plus one filename,label CSV; "
+                               "text: a CSV/TSV with text and label columns; chargpt: a .txt")
+    finetune.add_argument("--out", help="model folder to write (default ./minilab-KIND-model)")
+    finetune.add_argument("--time-budget", type=float, help="seconds of training (defaults: image 45, text 25, chargpt 100)")
+    finetune.add_argument("--backbone", help="image: cifar10, mnist or scratch; text: auto, sst2 or minilm")
+    finetune.add_argument("--strategy", help="image: finetune or probe; text: probe or lora")
+    finetune.add_argument("--init", help="chargpt: scratch or shakespeare")
+    finetune.add_argument("--epochs", type=int, help="image: at most this many epochs")
+    finetune.add_argument("--lr", type=float)
+    finetune.add_argument("--batch-size", type=int)
+    finetune.add_argument("--val-fraction", type=float)
+    finetune.add_argument("--image-size", type=int, help="image: side in pixels (default: the backbone's)")
+    finetune.add_argument("--flip", action="store_true", default=None, help="image: mirror images (photos, not digits)")
+    finetune.add_argument("--seed", type=int)
+    finetune.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: all cores)")
+    finetune.add_argument("--json", action="store_true", help="print one JSON line last")
+    finetune.set_defaults(func=cmd_finetune)
     return parser
 
 

@@ -58,8 +58,10 @@ def normalise_mode(image: Image.Image, keep_alpha: bool = False) -> Image.Image:
     return image
 
 
-def load_image(source, keep_alpha: bool = False) -> Image.Image:
-    """Open a path, bytes, a numpy array or a PIL image; return a fully loaded, upright RGB(A) image."""
+def load_image(source, keep_alpha: bool = False, draft: int | None = None) -> Image.Image:
+    """Open a path, bytes, a numpy array or a PIL image; return a fully loaded, upright RGB(A) image.
+    `draft`: a JPEG may be decoded at a reduced scale whose sides stay at least this many pixels (much faster
+    for big photos that will be shrunk anyway)."""
     name = _describe(source)
     if source is None:
         raise UserError("No image given: upload, paste or draw one first.")
@@ -81,6 +83,8 @@ def load_image(source, keep_alpha: bool = False) -> Image.Image:
                 raise UserError(f"{name} has no pixels.")
             if getattr(image, "n_frames", 1) > 1:
                 image.seek(0)  # animated GIF/WebP/APNG: classify the first frame
+            if draft and image.format == "JPEG":
+                image.draft("RGB", (draft, draft))
             image.load()
             image = ImageOps.exif_transpose(image)
         except UserError:

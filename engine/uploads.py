@@ -7,6 +7,7 @@ what it understood. Nothing is written outside the folder it is given.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import stat
 import zipfile
@@ -178,3 +179,114 @@ def read_class_folders(path: str | Path, workdir: str | Path | None = None) -> C
 
 def remove_tree(path: str | Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+# ---- what a training upload must satisfy, and the other ways to upload labelled images -----------------
+
+MAX_UPLOAD_BYTES = int(float(os.environ.get("MINILAB_MAX_UPLOAD_MB", 200)) * 2**20)  # per training upload, all files together
+MAX_CLASSES = 100  # a confusion matrix and a per-class table stay readable; thousands of classes is a mistake
+MIN_PER_CLASS = 2  # one to learn from and one to check on
+FILENAME_COLUMNS = ("filename", "file", "image", "path", "name")
+IMAGE_LABEL_COLUMNS = ("label", "class", "category", "target")
+
+
+def check_classes(counts: dict[str, int], what: str = "images") -> None:
+    """Refuse data a classifier cannot learn from, naming every problem at once."""
+    problems = []
+    if len(counts) < 2:
+        problems.append(f"found {len(counts)} class ({', '.join(counts) or 'none'}); a classifier needs at least 2")
+    if len(counts) > MAX_CLASSES:
+        problems.append(f"found {len(counts):,} classes; the limit is {MAX_CLASSES} (is the label column right?)")
+    small = [f"{name!r} ({n})" for name, n in counts.items() if n < MIN_PER_CLASS]
+    if small and len(counts) <= MAX_CLASSES:
+        shown = ", ".join(small[:10]) + (f" and {len(small) - 10} more" if len(small) > 10 else "")
+        problems.append(f"each class needs at least {MIN_PER_CLASS} {what} (one to learn from, one to check on); too few in {shown}")
+    if problems:
+        raise UserError("Cannot train on this upload: " + "; ".join(problems) + ".")
+
+
+def check_upload_size(paths: list[Path], limit: int | None = None) -> None:
+    limit = MAX_UPLOAD_BYTES if limit is None else limit
+    total = sum(p.stat().st_size for p in paths if p.is_file())
+    if total > limit:
+        raise UserError(f"The upload is {total / 2**20:,.1f} MB; the limit is {limit / 2**20:,.0f} MB "
+                        "(a Space operator can change it with MINILAB_MAX_UPLOAD_MB).")
+
+
+def read_images_with_csv(images: list[Path], csv_path: Path) -> ClassFolderDataset:
+    """Loose images plus a CSV of filename,label (files are matched by name, ignoring folders and case)."""
+    import csv
+    import io
+
+    from engine.text.data import decode_bytes
+
+    text = decode_bytes(csv_path.read_bytes()[: 20 * 2**20], csv_path.name)
+    dialect = "excel-tab" if text.split("\n", 1)[0].count("\t") > text.split("\n", 1)[0].count(",") else "excel"
+    rows = list(csv.reader(io.StringIO(text), dialect=dialect))
+    if not rows:
+        raise UserError(f"{csv_path.name} is empty: expected a header row such as filename,label.")
+    header = [cell.strip().lower() for cell in rows[0]]
+    file_col = next((header.index(c) for c in FILENAME_COLUMNS if c in header), None)
+    label_col = next((header.index(c) for c in IMAGE_LABEL_COLUMNS if c in header), None)
+    if file_col is None or label_col is None:
+        missing = [what for what, col in (("a filename column (filename, file, image or path)", file_col),
+                                          ("a label column (label, class or category)", label_col)) if col is None]
+        raise UserError(f"{csv_path.name} has no {' and no '.join(missing)}; its header is {', '.join(rows[0]) or 'empty'}.")
+    by_name = {path.name.lower(): path for path in images}
+    dataset = ClassFolderDataset(root=csv_path.parent)
+    listed = set()
+    for number, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) <= max(file_col, label_col):
+            dataset.skipped.append((f"{csv_path.name} row {number}", "too few columns"))
+            continue
+        name, label = PurePosixPath(row[file_col].strip().replace("\\", "/")).name, row[label_col].strip()
+        if not label:
+            dataset.skipped.append((f"{csv_path.name} row {number}", "no label"))
+        elif name.lower() not in by_name:
+            dataset.skipped.append((f"{csv_path.name} row {number}", f"{name!r} was not uploaded"))
+        else:
+            listed.add(name.lower())
+            dataset.files.append(by_name[name.lower()])
+            dataset.labels.append(label)
+    for path in images:
+        if path.name.lower() not in listed:
+            dataset.skipped.append((path.name, f"not listed in {csv_path.name}"))
+    if not dataset.files:
+        raise UserError(f"None of the uploaded images is listed in {csv_path.name}.")
+    return dataset
+
+
+def read_image_upload(paths: list[str | Path], workdir: str | Path) -> ClassFolderDataset:
+    """What the fine-tune tab and `finetune image` accept: a zip (or folder) of class folders, a zip of
+    images with a filename,label CSV inside, or several images plus such a CSV. Unpacks into workdir."""
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise UserError("Upload a zip of class folders, or images together with a CSV of filename,label.")
+    check_upload_size(paths)
+    if len(paths) == 1 and (paths[0].is_dir() or paths[0].suffix.lower() == ".zip"):
+        root = paths[0]
+        skipped: list[tuple[str, str]] = []
+        if root.is_file():
+            root, skipped = safe_extract_zip(root, Path(workdir) / "data")
+        root = _class_root(root)
+        tables = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in (".csv", ".tsv")
+                  and not _is_hidden_or_system((p.name,))]
+        if len(tables) == 1:  # a labels CSV beside the images (in any sub-folders) says which class each one is
+            images = [p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                      and not _is_hidden_or_system(p.relative_to(root).parts)]
+            dataset = read_images_with_csv(images, tables[0])
+        else:
+            dataset = read_class_folders(root)
+        dataset.skipped = skipped + dataset.skipped
+        return dataset
+    tables = [p for p in paths if p.suffix.lower() in (".csv", ".tsv")]
+    images = [p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES]
+    others = [p for p in paths if p not in tables and p not in images]
+    if len(tables) != 1:
+        raise UserError("With loose images, also upload exactly one CSV of filename,label "
+                        f"(got {len(tables)}); or upload one zip of class folders.")
+    dataset = read_images_with_csv(images, tables[0])
+    dataset.skipped += [(p.name, "neither an image nor the CSV") for p in others]
+    return dataset

@@ -39,7 +39,41 @@ def photos() -> dict[str, Image.Image]:
     return out
 
 
+def shape(kind: str, rng: random.Random, size: int = 64) -> Image.Image:
+    """A circle, square or triangle of random colour, size and place on a random pale background."""
+    background = tuple(rng.randint(200, 255) for _ in range(3))
+    colour = tuple(rng.randint(0, 150) for _ in range(3))
+    canvas = Image.new("RGB", (size, size), background)
+    draw = ImageDraw.Draw(canvas)
+    r = rng.uniform(0.22, 0.38) * size
+    cx, cy = rng.uniform(r, size - r), rng.uniform(r, size - r)
+    if kind == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
+    elif kind == "square":
+        angle = rng.uniform(0, math.pi / 2)
+        draw.polygon([(cx + r * math.cos(angle + k * math.pi / 2), cy + r * math.sin(angle + k * math.pi / 2)) for k in range(4)], fill=colour)
+    else:
+        angle = rng.uniform(0, 2 * math.pi)
+        draw.polygon([(cx + r * math.cos(angle + k * 2 * math.pi / 3), cy + r * math.sin(angle + k * 2 * math.pi / 3)) for k in range(3)], fill=colour)
+    return canvas
+
+
+def shapes_zip(per_class: int = 24) -> None:
+    """The Fine-tune tab's example upload: shapes/circle, shapes/square, shapes/triangle."""
+    import io
+    import zipfile
+
+    rng = random.Random(0)
+    with zipfile.ZipFile(HERE / "shapes.zip", "w", zipfile.ZIP_STORED) as archive:
+        for kind in ("circle", "square", "triangle"):
+            for i in range(per_class):
+                buffer = io.BytesIO()
+                shape(kind, rng).save(buffer, format="PNG", optimize=True)
+                archive.writestr(f"shapes/{kind}/{kind}_{i:02d}.png", buffer.getvalue())
+
+
 if __name__ == "__main__":
+    shapes_zip()
     for digit, seed in [("3", 1), ("7", 2), ("4", 3)]:
         handwritten_digit(digit, seed).save(HERE / f"digit_{digit}.png")
     for name, image in photos().items():

@@ -78,6 +78,10 @@ class TextClassifier(nn.Module):
                               lora_dropout=float(arch_config.get("lora_dropout", 0.1)),
                               target_modules=list(arch_config.get("lora_targets", ["query", "key", "value", "dense"])))
             encoder = get_peft_model(encoder, lora)
+        if arch_config.get("train_norms"):  # the LayerNorms' scales and shifts learn too (and are saved): 9k numbers
+            for name, parameter in encoder.named_parameters():
+                if "LayerNorm" in name:
+                    parameter.requires_grad_(True)
         self.encoder = encoder
         self.head = nn.Linear(encoder.config.hidden_size, int(arch_config["n_labels"]))
 
@@ -91,7 +95,9 @@ class TextClassifier(nn.Module):
 
     # Only what training changed is saved: the adapters and the head.
     def saved_state(self) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in self.state_dict().items() if "lora_" in k or k.startswith("head.")}
+        norms = bool(self.arch_config.get("train_norms"))
+        return {k: v for k, v in self.state_dict().items()
+                if "lora_" in k or k.startswith("head.") or (norms and "LayerNorm" in k)}
 
     def load_saved_state(self, state: dict[str, torch.Tensor]) -> None:
         from engine.checkpoints import load_own_state
@@ -129,18 +135,29 @@ class TextPredictor:
         return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
 
     @torch.no_grad()
-    def predict_proba(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        """(N, n_labels) probabilities; texts are processed shortest first to keep padding small."""
+    def _shortest_first(self, texts: list[str], width: int, compute: Callable[[dict], torch.Tensor],
+                        batch_size: int) -> np.ndarray:
+        """compute(batch) for every text, shortest texts first so that padding is small; rows in input order."""
         keep = self.max_tokens * CHARS_PER_TOKEN_CAP
         texts = [text[:keep] if text.strip() else "." for text in texts]
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        probs = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+        out = np.zeros((len(texts), width), dtype=np.float32)
         for start in range(0, len(order), batch_size):
             chosen = order[start:start + batch_size]
             batch = self.tokenizer([texts[i] for i in chosen], padding=True, truncation=True,
                                    max_length=self.max_tokens, return_tensors="pt").to(self.device)
-            probs[chosen] = F.softmax(self.logits(batch).float(), dim=-1).cpu().numpy()
-        return probs
+            out[chosen] = compute(batch).float().cpu().numpy()
+        return out
+
+    def predict_proba(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        """(N, n_labels) probabilities."""
+        return self._shortest_first(texts, len(self.labels), lambda batch: F.softmax(self.logits(batch).float(), dim=-1),
+                                    batch_size)
+
+    def features(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        """(N, hidden) sentence vectors: what the head sees (minilab models only)."""
+        return self._shortest_first(texts, self.model.head.in_features,
+                                    lambda batch: self.model.features(batch["input_ids"], batch["attention_mask"]), batch_size)
 
     def predict(self, text: str) -> dict[str, float]:
         text = clean_text(text)
@@ -232,6 +249,7 @@ class TextTrainConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.1
     lora_targets: list[str] = field(default_factory=lambda: ["query", "key", "value", "dense"])
+    train_norms: bool = False  # also train (and save) the encoder's LayerNorm scales and shifts
     max_tokens: int = 64  # training truncates here (sentences are short); prediction allows MAX_TOKENS
     time_budget: float = 0.0  # seconds, 0 = none; the schedule follows whichever of epochs/time ends first
     eval_every: int = 500  # optimizer steps between validation passes
@@ -254,8 +272,10 @@ def evaluate_predictor(predictor: TextPredictor, texts: list[str], labels: list[
 def train_text_classifier(train_texts: list[str], train_labels: list[str], val_texts: list[str], val_labels: list[str],
                           config: TextTrainConfig, on_progress: ProgressFn | None = None,
                           should_stop: Callable[[], bool] = lambda: False, device: torch.device | str = "cpu",
-                          base: str = BASE_PACKAGE) -> tuple[TextClassifier, list[str], dict]:
-    """Fine-tune; return the model with the best validation accuracy seen, its labels, and metrics."""
+                          base: str = BASE_PACKAGE, init_state: dict[str, torch.Tensor] | None = None
+                          ) -> tuple[TextClassifier, list[str], dict]:
+    """Fine-tune; return the model with the best validation accuracy seen, its labels, and metrics.
+    `init_state` starts the adapters from another model's (the shipped sst2's, say) instead of from zero."""
     from transformers import AutoTokenizer
 
     torch.manual_seed(config.seed)
@@ -267,8 +287,12 @@ def train_text_classifier(train_texts: list[str], train_labels: list[str], val_t
     if unknown:
         raise UserError(f"Validation labels {unknown[:5]} never occur in the training data.")
     arch_config = {"base": base, "method": config.method, "n_labels": len(labels), "lora_r": config.lora_r,
-                   "lora_alpha": config.lora_alpha, "lora_dropout": config.lora_dropout, "lora_targets": config.lora_targets}
-    model = TextClassifier(arch_config).to(device)
+                   "lora_alpha": config.lora_alpha, "lora_dropout": config.lora_dropout, "lora_targets": config.lora_targets,
+                   "train_norms": config.train_norms}
+    model = TextClassifier(arch_config)
+    if init_state:
+        model.load_state_dict(init_state, strict=False)
+    model = model.to(device)
     tokenizer = AutoTokenizer.from_pretrained(base_folder(base), local_files_only=True)
     encoded = tokenizer(train_texts, truncation=True, max_length=config.max_tokens)["input_ids"]
     targets = torch.tensor([index[name] for name in train_labels])

@@ -94,9 +94,16 @@ def parse_labelled_text(content: str, name: str = "the file", sentiment: bool = 
     except csv.Error as error:
         raise UserError(f"{name}: not a readable CSV/TSV file ({error}).") from error
     header = [column.strip() for column in rows[0]]
-    text_column = _pick(header, TEXT_COLUMNS, "text", name)
-    has_labels = labels_required or any(c.lower() in LABEL_COLUMNS for c in header)
-    label_column = _pick(header, LABEL_COLUMNS, "label", name) if has_labels else None
+    known_text = [c for c in header if c.lower() in TEXT_COLUMNS]
+    known_label = [c for c in header if c.lower() in LABEL_COLUMNS]
+    if len(header) == 2 and labels_required and len(set(header)) == 2 and len(known_text) + len(known_label) == 1:
+        # two columns and one has a name we know (review,verdict or score,comment): the other is the other one
+        other = header[1 - header.index((known_text or known_label)[0])]
+        text_column, label_column = (known_text[0], other) if known_text else (other, known_label[0])
+    else:
+        text_column = _pick(header, TEXT_COLUMNS, "text", name)
+        has_labels = labels_required or bool(known_label)
+        label_column = _pick(header, LABEL_COLUMNS, "label", name) if has_labels else None
     ti = header.index(text_column)
     li = header.index(label_column) if label_column else ti
     texts, labels, skipped = [], [], []

@@ -40,8 +40,10 @@ def _ink_map(image: Image.Image) -> np.ndarray:
     return 1.0 - grey if np.median(border) > 0.5 else grey
 
 
-def digit_to_mnist(image: Image.Image, size: int = 28, box: int = 20) -> np.ndarray:
-    """An image of one digit -> (size, size) float array in [0, 1], white digit on black, MNIST style."""
+def digit_to_mnist(image: Image.Image, size: int = 28, box: int | None = None) -> np.ndarray:
+    """An image of one digit -> (size, size) float array in [0, 1], white digit on black, MNIST style.
+    The digit fits a box of 20/28 of the frame (20 px in MNIST's 28)."""
+    box = box or max(1, round(size * 20 / 28))
     ink = _ink_map(image)
     if ink.max() < 0.15 or (ink > 0.5 * ink.max()).sum() < 4:
         raise UserError("The drawing is empty: draw a digit (0-9) in the sketchpad first.")

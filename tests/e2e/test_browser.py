@@ -147,3 +147,28 @@ def test_text_tab_classifies_a_sentence_and_streams_generation(page):
     lengths = sorted(set(page.evaluate("() => window.__lengths")))
     partial = [n for n in lengths if len("ROMEO:\n") < n < len(text)]
     assert len(partial) >= 2, f"the text should appear piece by piece while it is generated, saw lengths {lengths}"
+
+
+def test_finetune_tab_uploads_a_zip_and_the_curve_moves(page, tmp_path):
+    from tests.test_finetune import shapes_zip
+
+    upload = shapes_zip(tmp_path / "shapes.zip", 16)
+    page.get_by_role("tab", name="Fine-tune").click()
+    page.locator("#ft-files input[type='file']").set_input_files(str(upload))
+    page.wait_for_function("() => (document.querySelector('#ft-summary') || {}).innerText?.includes('Ready to train')",
+                           timeout=RESULT_TIMEOUT_MS)
+    assert "32 images in 2 classes" in page.locator("#ft-summary").inner_text()
+    budget = page.get_by_label("Training time (seconds)", exact=False).first
+    budget.fill("12")
+    budget.press("Enter")
+    # sample the loss plot every 200 ms: a live curve shows several different drawings while it trains
+    page.evaluate("""() => { window.__plots = []; setInterval(() => {
+        const p = document.querySelector('#ft-loss');
+        if (p) window.__plots.push(p.innerHTML.length); }, 200); }""")
+    page.locator("#ft-train").click()
+    page.wait_for_function("() => (document.querySelector('#ft-results') || {}).innerText?.includes('Validation accuracy')",
+                           timeout=120_000)
+    page.screenshot(path="/tmp/e2e_finetune.png", full_page=True)
+    drawings = sorted(set(page.evaluate("() => window.__plots")))
+    assert len(drawings) >= 3, f"the loss curve should be redrawn as training goes, saw {drawings}"
+    assert "done" in page.locator("#ft-progress").inner_text()

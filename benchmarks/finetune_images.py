@@ -1,0 +1,102 @@
+"""Fine-tune on upload, images: the issue's target, measured from the click.
+
+Makes the upload a user would make: a zip holding one folder of 10 class folders of PNGs, 50 MNIST digits
+per class (500 images; the default backbone, cifar10, never saw a digit). Then runs `finetune_images` with
+default settings, reading the zip included in the time, and scores the model it wrote, through the Image
+tab's own prediction path (files -> ShippedClassifier), on the other 4,500 MNIST test digits.
+
+    python benchmarks/finetune_images.py --threads 2          # prints one JSON line
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.vision.data import find_data_file  # noqa: E402
+from engine.vision.finetune import ImageFinetuneConfig, finetune_images  # noqa: E402
+
+
+def make_upload(images: np.ndarray, labels: np.ndarray, folder: Path) -> Path:
+    target = folder / "digits.zip"
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
+        for i, (image, label) in enumerate(zip(images, labels)):
+            png = folder / f"{i}.png"
+            Image.fromarray(image.reshape(28, 28)).save(png)
+            archive.write(png, f"digits/{label}/{i}.png")
+            png.unlink()
+    return target
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--per-class", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0, help="which 50 digits per class are uploaded")
+    parser.add_argument("--backbone", default=None)
+    parser.add_argument("--strategy", default=None)
+    parser.add_argument("--time-budget", type=float, default=None)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--val-fraction", type=float, default=None)
+    parser.add_argument("--max-rotate", type=float, default=None)
+    parser.add_argument("--label-smoothing", type=float, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--tta-shift", type=int, default=None)
+    parser.add_argument("--image-size", type=int, default=None)
+    parser.add_argument("--set", action="append", default=[], help="any ImageFinetuneConfig field, as name=value")
+    parser.add_argument("--data-dir", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    with np.load(find_data_file("mnist/mnist_subset.npz", args.data_dir)) as data:
+        images, labels = data["x_test"], data["y_test"]
+    rng = np.random.default_rng(args.seed)
+    upload_idx = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:args.per_class] for c in range(10)])
+    unseen = np.setdiff1d(np.arange(len(labels)), upload_idx)
+    config = ImageFinetuneConfig()
+    for name in ("backbone", "strategy", "time_budget", "lr", "val_fraction", "max_rotate", "label_smoothing", "batch_size", "tta_shift", "image_size"):
+        if getattr(args, name) is not None:
+            setattr(config, name, getattr(args, name))
+    for item in args.set:
+        name, value = item.split("=", 1)
+        setattr(config, name, type(getattr(config, name))(value))
+    with tempfile.TemporaryDirectory(prefix="minilab-bench-") as tmp:
+        tmp = Path(tmp)
+        upload = make_upload(images[upload_idx], labels[upload_idx], tmp)
+        started = time.perf_counter()
+        result = finetune_images([upload], config, tmp / "work", tmp / "model")
+        seconds = time.perf_counter() - started
+        from engine.vision.classify import ShippedClassifier
+
+        classifier = ShippedClassifier(result["folder"])
+        test = torch.from_numpy(np.repeat(images[unseen].reshape(-1, 1, 28, 28), 3, axis=1))
+        from engine.vision.finetune import square_uint8  # the same geometry as a PNG through the Image tab
+
+        size = classifier.preprocessing["size"]
+        x = torch.stack([square_uint8(Image.fromarray(im.permute(1, 2, 0).numpy()), size) for im in test])
+        from engine.vision.train import normalise
+
+        x = normalise(x, classifier.preprocessing["mean"], classifier.preprocessing["std"])
+        probs = torch.cat([classifier.predict_tensors(x[i:i + 500]) for i in range(0, len(x), 500)])
+        predicted = [int(classifier.labels[i]) for i in probs.argmax(1).tolist()]
+        accuracy = float(np.mean(np.array(predicted) == labels[unseen]))
+    metrics = result["metrics"]
+    print(json.dumps({"benchmark": "finetune_images", "upload": f"{len(upload_idx)} MNIST digits in 10 class folders (zip)",
+                      "backbone": config.backbone, "strategy": config.strategy, "threads": args.threads,
+                      "seconds_from_click": round(seconds, 1), "read_seconds": metrics["read_seconds"],
+                      "epochs": metrics["epochs_run"], "val_accuracy": metrics["val_accuracy"],
+                      "unseen_accuracy": round(accuracy, 4), "n_unseen": len(unseen),
+                      "targets": {"within_60_s": seconds <= 60, "unseen_accuracy_at_least_0.985": accuracy >= 0.985}}))
+
+
+if __name__ == "__main__":
+    main()

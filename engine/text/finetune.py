@@ -1,0 +1,370 @@
+"""Fine-tune on upload, text: a classifier from a labelled CSV/TSV, or a character-level generator from a .txt.
+
+Classifier ("probe", the default, seconds): sentence vectors from a frozen encoder, then a logistic-regression
+head. Two encoders are on offer: plain all-MiniLM-L6-v2, and the same encoder with the shipped `sst2` model's
+LoRA adapters (tuned for sentiment: much better on reviews). "auto" picks, by cross-validation on the
+training rows alone, the encoder and the strength of the L2 penalty; the validation rows are only scored.
+The saved model is the usual minilm-classifier (adapters + head), so every tab and the CLI can load it.
+"lora" trains adapters and head together instead (minutes; better on unusual labels).
+
+Generator: the char GPT of engine.text.chargpt, small enough to learn words in a minute or two on a CPU,
+from scratch or continuing from the shipped Shakespeare model (its vocabulary grown for new characters).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.errors import UserError
+from engine.uploads import check_classes
+
+ProgressFn = Callable[[dict], None]
+TEXT_BACKBONES = ("auto", "sst2", "minilm")
+MAX_TEXT_ROWS = 200_000
+MAX_MISCLASSIFIED = 30
+
+
+@dataclass
+class TextFinetuneConfig:
+    strategy: str = "probe"  # "probe": a new head on frozen sentence vectors; "lora": adapters and head
+    backbone: str = "auto"  # auto (chosen by cross-validation), sst2 (sentiment-tuned encoder) or minilm (plain)
+    time_budget: float = 25.0  # seconds (the LoRA schedule follows it; a probe takes what it needs)
+    val_fraction: float = 0.15
+    lora_epochs: float = 3.0
+    lora_lr: float = 1e-3
+    seed: int = 0
+
+    def validate(self) -> "TextFinetuneConfig":
+        if self.strategy not in ("probe", "lora"):
+            raise UserError(f"Unknown strategy {self.strategy!r}; choose probe or lora.")
+        if self.backbone not in TEXT_BACKBONES:
+            raise UserError(f"Unknown encoder {self.backbone!r}; choose one of {', '.join(TEXT_BACKBONES)}.")
+        if not 0 < self.time_budget <= 3600:
+            raise UserError(f"The time budget must be between 1 second and an hour, got {self.time_budget}.")
+        if not 0.05 <= self.val_fraction <= 0.5:
+            raise UserError(f"The validation fraction must be between 0.05 and 0.5, got {self.val_fraction}.")
+        if self.lora_epochs <= 0 or self.lora_lr <= 0:
+            raise UserError("LoRA epochs and learning rate must be positive.")
+        return self
+
+
+# ---- encoders (loaded once per process, shared by every job: they are read-only) -------------------------
+
+_encoders: dict[str, object] = {}
+_encoders_lock = threading.Lock()
+
+
+def sst2_folder() -> Path:
+    from engine.registry import CHECKPOINTS_DIR
+
+    folder = CHECKPOINTS_DIR / "sst2"
+    if not (folder / "weights.safetensors").is_file():
+        raise UserError(f"The sst2 encoder is missing from {CHECKPOINTS_DIR}; use the minilm encoder.")
+    return folder
+
+
+def encoder(name: str):
+    """A TextPredictor whose `features` are the sentence vectors of encoder `name` (int8 on the CPU)."""
+    from engine.text.classify import TextClassifier, TextPredictor, base_folder, load_text_classifier, quantize_for_cpu
+
+    with _encoders_lock:
+        if name not in _encoders:
+            if name == "sst2":
+                _encoders[name] = load_text_classifier(sst2_folder())
+            else:
+                from transformers import AutoTokenizer
+
+                from engine.text.classify import BASE_PACKAGE
+
+                model = TextClassifier({"base": BASE_PACKAGE, "method": "probe", "n_labels": 2}).eval()
+                model.encoder = quantize_for_cpu(model.encoder)
+                tokenizer = AutoTokenizer.from_pretrained(base_folder(BASE_PACKAGE), local_files_only=True)
+                _encoders[name] = TextPredictor(model, tokenizer, ["a", "b"], name="minilm")
+        return _encoders[name]
+
+
+def arch_for(backbone: str, n_labels: int) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The minilm-classifier arch_config of a model on this encoder, and the encoder weights it carries."""
+    from safetensors.torch import load_file
+
+    from engine.checkpoints import read_card
+    from engine.text.classify import BASE_PACKAGE
+
+    if backbone == "minilm":
+        return {"base": BASE_PACKAGE, "method": "probe", "n_labels": n_labels}, {}
+    folder = sst2_folder()
+    arch = dict(read_card(folder)["arch_config"], n_labels=n_labels)
+    adapters = {k: v for k, v in load_file(folder / "weights.safetensors").items() if not k.startswith("head.")}
+    return arch, adapters
+
+
+# ---- the probe: logistic regression on sentence vectors -----------------------------------------------------
+
+
+def fit_logistic(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float) -> nn.Linear:
+    """Multinomial logistic regression by full-batch L-BFGS on standardised features, folded back into one
+    nn.Linear on the raw features (so the saved head needs no extra scaling step)."""
+    mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
+    z = (x - mean) / std
+    head = nn.Linear(x.shape[1], n_classes)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    optimizer = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=100, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(head(z), y) + l2 * head.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    folded = nn.Linear(x.shape[1], n_classes)
+    with torch.no_grad():
+        folded.weight.copy_(head.weight / std)
+        folded.bias.copy_(head.bias - (head.weight * mean / std).sum(1))
+    return folded
+
+
+def cross_validated_accuracy(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, folds: int = 5, seed: int = 0) -> float:
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(y), generator=generator)
+    correct = 0
+    for fold in range(folds):
+        held = order[fold::folds]
+        kept = torch.cat([order[f::folds] for f in range(folds) if f != fold])
+        head = fit_logistic(x[kept], y[kept], n_classes, l2)
+        with torch.no_grad():
+            correct += (head(x[held]).argmax(1) == y[held]).sum().item()
+    return correct / len(y)
+
+
+L2_GRID = (0.01, 0.1, 1.0, 10.0)  # on standardised features; few hundred rows need strong shrinkage
+
+
+# ---- the whole path ------------------------------------------------------------------------------------------
+
+
+def read_text_upload(paths: list[str | Path]):
+    from engine.text.data import read_labelled_text
+    from engine.uploads import check_upload_size
+
+    paths = [Path(p) for p in paths]
+    if len(paths) != 1:
+        raise UserError(f"Upload one CSV or TSV file with a text column and a label column (got {len(paths)} files).")
+    check_upload_size(paths)
+    table = read_labelled_text(paths[0])
+    if len(table.texts) > MAX_TEXT_ROWS:
+        raise UserError(f"{paths[0].name} has {len(table.texts):,} rows; the limit is {MAX_TEXT_ROWS:,}.")
+    check_classes(table.counts(), what="rows")
+    return table
+
+
+def stratified_rows(labels: list[str], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    from engine.vision.data import stratified_split
+
+    names = sorted(set(labels))
+    index = np.array([names.index(label) for label in labels])
+    train, val = stratified_split(index, val_fraction, seed)
+    return train.tolist(), val.tolist()
+
+
+def finetune_text_classifier(paths: list[str | Path], config: TextFinetuneConfig, out: str | Path,
+                             on_progress: ProgressFn | None = None, should_stop: Callable[[], bool] = lambda: False,
+                             device: torch.device | str = "cpu", command: str = "") -> dict:
+    """Upload -> model folder at `out`; returns metrics, the confusion matrix and the worst mistakes."""
+    from engine.checkpoints import load_own_state
+    from engine.text.classify import (TextClassifier, TextTrainConfig, evaluate_predictor, load_text_classifier,
+                                      save_text_classifier, train_text_classifier)
+
+    config.validate()
+    started = time.perf_counter()
+    report = on_progress or (lambda event: None)
+    report({"kind": "stage", "stage": "reading the upload"})
+    table = read_text_upload(paths)
+    classes = table.classes
+    train_rows, val_rows = stratified_rows(table.labels, config.val_fraction, config.seed)
+    train_texts, val_texts = [table.texts[i] for i in train_rows], [table.texts[i] for i in val_rows]
+    train_labels, val_labels = [table.labels[i] for i in train_rows], [table.labels[i] for i in val_rows]
+    read_seconds = time.perf_counter() - started
+    report({"kind": "stage", "stage": "training", "n_train": len(train_rows), "n_val": len(val_rows), "classes": classes,
+            "read_seconds": round(read_seconds, 1)})
+    history: list[dict] = []
+    chosen = {}
+    if config.strategy == "probe":
+        y = torch.tensor([classes.index(label) for label in train_labels])
+        candidates = ["sst2", "minilm"] if config.backbone == "auto" else [config.backbone]
+        best = (-1.0, None, None, None)
+        for step, backbone in enumerate(candidates, start=1):
+            if should_stop():
+                break
+            features = torch.from_numpy(encoder(backbone).features(train_texts))
+            for l2 in L2_GRID:
+                score = cross_validated_accuracy(features, y, len(classes), l2, seed=config.seed)
+                if score > best[0]:
+                    best = (score, backbone, l2, features)
+            elapsed = time.perf_counter() - started
+            event = {"kind": "epoch", "epoch": step, "epochs": len(candidates), "encoder": backbone,
+                     "cv_acc": best[0] if best[1] == backbone else score, "elapsed": elapsed,
+                     "eta": elapsed / step * (len(candidates) - step)}
+            history.append(event)
+            report(event)
+        if best[1] is None:
+            raise UserError("Training was stopped before any encoder was tried.")
+        score, backbone, l2, features = best
+        head = fit_logistic(features, y, len(classes), l2)
+        arch, encoder_weights = arch_for(backbone, len(classes))
+        model = TextClassifier(arch)
+        load_own_state(model, {**encoder_weights, "head.weight": head.weight.detach(), "head.bias": head.bias.detach()})
+        chosen = {"encoder": backbone, "l2": l2, "cv_accuracy": round(score, 4)}
+        training = {**asdict(config), **chosen}
+    else:
+        backbone = "minilm" if config.backbone == "minilm" else "sst2"
+        arch, encoder_weights = arch_for(backbone, len(classes))
+        train_config = TextTrainConfig(epochs=config.lora_epochs, lr=config.lora_lr, seed=config.seed,
+                                       time_budget=max(1.0, config.time_budget - read_seconds), eval_every=50,
+                                       method="lora", lora_r=int(arch.get("lora_r", 8)), lora_alpha=int(arch.get("lora_alpha", 16)))
+
+        def relay(event: dict) -> None:
+            if event.get("kind") == "eval":
+                history.append({**event, "kind": "epoch", "epoch": round(event["epoch"], 2)})
+            report({**event, "kind": "epoch" if event.get("kind") == "eval" else event.get("kind")})
+
+        model, _, fit = train_text_classifier(train_texts, train_labels, val_texts, val_labels, train_config, relay,
+                                              should_stop, device, init_state=encoder_weights)
+        chosen = {"encoder": backbone}
+        training = {**asdict(config), **chosen}
+    folder = save_text_classifier(model.cpu(), classes, out, Path(out).name, "text-classification",
+                                  {"n_train": len(train_rows), "n_val": len(val_rows)}, training,
+                                  f"an upload of {len(table.texts):,} labelled rows ({table.text_column} / {table.label_column})",
+                                  command)
+    predictor = load_text_classifier(folder, device)  # exactly as the tabs will serve it (merged, int8 on a CPU)
+    result = evaluate_predictor(predictor, val_texts, val_labels)
+    probs = result["probabilities"]
+    truth = np.array([classes.index(label) for label in val_labels])
+    losses = -np.log(np.clip(probs[np.arange(len(truth)), truth], 1e-12, 1.0))
+    order = [int(i) for i in np.argsort(-losses) if result["predicted"][i] != val_labels[i]][:MAX_MISCLASSIFIED]
+    mistakes = [{"text": val_texts[i], "true": val_labels[i], "predicted": result["predicted"][i],
+                 "confidence": round(float(probs[i].max()), 4), "loss": round(float(losses[i]), 4)} for i in order]
+    metrics = {"val_accuracy": round(result["accuracy"], 4), "n_train": len(train_rows), "n_val": len(val_rows),
+               "classes": classes, "seconds": round(time.perf_counter() - started, 1), "read_seconds": round(read_seconds, 1),
+               "per_class_accuracy": {k: round(v, 4) for k, v in result["per_class_accuracy"].items()},
+               "skipped": len(table.skipped), **chosen}
+    _update_card_metrics(folder, metrics)
+    return {"folder": str(folder), "metrics": metrics, "confusion": result["confusion"], "classes": classes,
+            "misclassified": mistakes, "history": history, "skipped": [(row, "") for row in table.skipped]}
+
+
+def _update_card_metrics(folder: Path, metrics: dict) -> None:
+    """Write the metrics measured on the served model into its card (the folder was saved before scoring)."""
+    import json
+
+    card_path = Path(folder) / "card.json"
+    card = json.loads(card_path.read_text())
+    card["metrics"] = {k: v for k, v in metrics.items() if k != "classes"}
+    card["description"] = (f"all-MiniLM-L6-v2 ({metrics.get('encoder', 'minilm')} encoder) with a head for "
+                           f"{len(card['labels'])} classes of your own ({', '.join(card['labels'][:6])}"
+                           f"{', ...' if len(card['labels']) > 6 else ''}).")
+    card_path.write_text(json.dumps(card, indent=2))
+
+
+# ---- the generator ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class CharFinetuneConfig:
+    init: str = "scratch"  # "scratch" or "shakespeare" (continue from the shipped model)
+    time_budget: float = 100.0  # seconds of training
+    n_layer: int = 3
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 96
+    batch_size: int = 32
+    lr: float = 3e-3  # from scratch; continuing uses a tenth of it
+    dropout: float = 0.1
+    sample_chars: int = 400
+    seed: int = 1337
+
+    def validate(self) -> "CharFinetuneConfig":
+        if self.init not in ("scratch", "shakespeare"):
+            raise UserError(f"Start from scratch or shakespeare, not {self.init!r}.")
+        if not 0 < self.time_budget <= 3600:
+            raise UserError(f"The time budget must be between 1 second and an hour, got {self.time_budget}.")
+        if min(self.n_layer, self.n_head, self.n_embd, self.block_size, self.batch_size) < 1 or self.lr <= 0:
+            raise UserError("Layers, heads, width, context, batch size and learning rate must be positive.")
+        if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
+            raise UserError(f"The width ({self.n_embd}) must be a multiple of the heads ({self.n_head}) with an even quotient.")
+        return self
+
+
+def grow_vocabulary(model, tokenizer, text: str):
+    """Continue from a model on a text with characters it has never seen: new rows in the (tied) embedding."""
+    from engine.text.chargpt import CharGPT, CharTokenizer
+
+    new = "".join(tokenizer.unknown(text))
+    if not new:
+        return model, tokenizer
+    config = type(model.config)(**{**asdict(model.config), "vocab_size": model.config.vocab_size + len(new)})
+    grown = CharGPT(config)
+    state = model.state_dict()
+    rows = grown.embed.weight.detach().clone()
+    rows[: model.config.vocab_size] = state["embed.weight"]
+    state = {**state, "embed.weight": rows, "head.weight": rows}
+    grown.load_state_dict(state)
+    return grown, CharTokenizer(tokenizer.chars + new)
+
+
+def finetune_chargpt(paths: list[str | Path], config: CharFinetuneConfig, out: str | Path,
+                     on_progress: ProgressFn | None = None, should_stop: Callable[[], bool] = lambda: False,
+                     device: torch.device | str = "cpu", command: str = "") -> dict:
+    from engine.text.chargpt import CharGPTConfig, CharTrainConfig, generate, load_chargpt, save_chargpt, train_chargpt
+    from engine.text.data import read_text_file
+    from engine.uploads import check_upload_size
+
+    config.validate()
+    started = time.perf_counter()
+    report = on_progress or (lambda event: None)
+    paths = [Path(p) for p in paths]
+    if len(paths) != 1:
+        raise UserError(f"Upload one plain-text (.txt) file (got {len(paths)} files).")
+    check_upload_size(paths)
+    text = read_text_file(paths[0])
+    if len(text.strip()) < 1000:
+        raise UserError(f"{paths[0].name} holds {len(text.strip()):,} characters; a generator needs at least 1,000 "
+                        "(100,000 or more gives words and lines).")
+    init = None
+    train = CharTrainConfig(model=CharGPTConfig(block_size=config.block_size, n_layer=config.n_layer, n_head=config.n_head,
+                                                n_embd=config.n_embd, dropout=config.dropout),
+                            max_iters=1_000_000, time_budget=config.time_budget, batch_size=config.batch_size,
+                            lr=config.lr, min_lr=config.lr / 10, warmup_iters=50, eval_every=50, eval_batches=4, seed=config.seed)
+    if config.init == "shakespeare":
+        from engine.registry import CHECKPOINTS_DIR
+
+        model, tokenizer, _ = load_chargpt(CHECKPOINTS_DIR / "shakespeare")
+        init = grow_vocabulary(model, tokenizer, text)
+        train.lr, train.min_lr = config.lr / 10, config.lr / 100
+    report({"kind": "stage", "stage": "training", "n_chars": len(text)})
+
+    def relay(event: dict) -> None:
+        if event.get("kind") == "eval":
+            report({**event, "kind": "epoch", "epoch": event["iter"]})
+
+    model, tokenizer, fit = train_chargpt(text, train, relay, should_stop, device, init=init)
+    folder = save_chargpt(model.cpu(), tokenizer, out, Path(out).name, fit, asdict(config),
+                          f"an upload: {paths[0].name} ({len(text):,} characters; last 10% for validation)", command)
+    with torch.no_grad():
+        sample = "".join(ch for ch, _ in generate(model, tokenizer, "\n", config.sample_chars, temperature=0.8,
+                                                  seed=config.seed))
+    metrics = {"val_loss": fit["val_loss"], "n_train": fit["n_train_chars"], "n_val": fit["n_val_chars"],
+               "classes": [], "seconds": round(time.perf_counter() - started, 1), "iters": fit["iters"],
+               "vocabulary": len(tokenizer.chars)}
+    history = [{"kind": "epoch", "epoch": h["iter"], "train_loss": h["train_loss"], "val_loss": h["val_loss"],
+                "elapsed": h["elapsed"]} for h in fit["history"]]
+    return {"folder": str(folder), "metrics": metrics, "sample": sample, "history": history, "skipped": []}

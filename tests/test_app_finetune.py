@@ -1,0 +1,110 @@
+"""The Fine-tune tab through gradio_client: upload, see what was understood, train, poll, see the accuracy,
+try the model, download it, load it again in another browser, and never see another browser's job."""
+from __future__ import annotations
+
+import time
+import zipfile
+
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+
+from tests.test_app import free_port
+from tests.test_finetune import shape_png, shapes_zip, write_reviews
+
+ALICE, BOB = "a" * 32, "b" * 32
+# backbone, strategy, text encoder, text strategy, char init, budget, epochs, lr, batch, val fraction, size, flip, seed
+QUICK_IMAGES = ["cifar10", "finetune", "auto", "probe", "scratch", 3, 60, 0.2, 64, 0.3, 16, False, 0]
+
+
+@pytest.fixture(scope="module")
+def client():
+    from app import build_app
+
+    demo = build_app()
+    demo.queue(default_concurrency_limit=2)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, show_error=True, max_file_size="20mb")
+    yield Client(f"http://127.0.0.1:{port}/", verbose=False)
+    demo.close()
+
+
+def wait_until_done(client, owner: str, timeout_s: float = 180.0) -> tuple:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        result = client.predict(owner, api_name="/finetune_poll")
+        if "done" in result[0] or "failed" in result[0] or "cancelled" in result[0]:
+            return result
+        time.sleep(0.5)
+    raise AssertionError(f"the job did not finish: {result[0]}")
+
+
+def test_inspect_train_try_download_and_reload_elsewhere(client, tmp_path):
+    upload = handle_file(str(shapes_zip(tmp_path / "shapes.zip", 10, [("shapes/notes.txt", b"hi")])))
+    summary, samples = client.predict("Images", [upload], api_name="/finetune_inspect")
+    assert "20 images in 2 classes" in summary and "Ready to train" in summary and "notes.txt" in summary
+    assert len(samples) == 8  # four per class
+
+    owner, _ = client.predict(ALICE, "Images", [upload], *QUICK_IMAGES, api_name="/finetune_start")
+    assert owner == ALICE
+    with pytest.raises(AppError, match="still training"):
+        client.predict(ALICE, "Images", [upload], *QUICK_IMAGES, api_name="/finetune_start")
+    progress, loss, accuracy, results, confusion, per_class, mistakes, text_mistakes, download, _ = wait_until_done(client, ALICE)
+    assert "done" in progress and "Validation accuracy" in results
+    assert loss is not None and accuracy is not None and confusion is not None
+    assert [row[0] for row in per_class["data"]] == ["circle", "square"]
+
+    image = tmp_path / "circle.png"
+    image.write_bytes(shape_png("circle", __import__("random").Random(9)))
+    label = client.predict(handle_file(str(image)), ALICE, api_name="/finetune_try_image")
+    assert {c["label"] for c in label["confidences"]} == {"circle", "square"}
+
+    # another browser sees nothing of it, and cannot use it
+    assert client.predict(BOB, api_name="/finetune_poll")[0].startswith("No training yet")
+    with pytest.raises(AppError, match="Train a model first"):
+        client.predict(handle_file(str(image)), BOB, api_name="/finetune_try_image")
+    with pytest.raises(AppError, match="No training is running"):
+        client.predict(BOB, api_name="/finetune_cancel")
+
+    # the downloaded zip loads again, in the other browser
+    assert download.endswith(".zip") and zipfile.is_zipfile(download)
+    owner, message = client.predict(handle_file(download), BOB, api_name="/finetune_load_model")
+    assert owner == BOB and "Loaded" in message and "Image classification" in message
+
+
+def test_push_without_network_says_so(client):
+    with pytest.raises(AppError, match="access token"):
+        client.predict("", "me/model", ALICE, api_name="/finetune_push")
+    with pytest.raises(AppError, match="Hub cannot be reached|repository id"):
+        client.predict("hf_fake", "me/model", ALICE, api_name="/finetune_push")
+
+
+def test_text_classifier_via_the_tab(client, tmp_path):
+    upload = handle_file(str(write_reviews(tmp_path / "reviews.csv")))
+    summary, _ = client.predict("Labelled text", [upload], api_name="/finetune_inspect")
+    assert "48 rows in 2 classes" in summary and "`review`" in summary and "`verdict`" in summary
+    settings = ["cifar10", "finetune", "minilm", "probe", "scratch", 10, 60, 0.05, 64, 0.25, 0, False, 0]
+    client.predict("c" * 32, "Labelled text", [upload], *settings, api_name="/finetune_start")
+    result = wait_until_done(client, "c" * 32)
+    assert "Validation accuracy" in result[3] and result[7] is not None
+    label, _ = client.predict("what a wonderful film, loved it", "c" * 32, api_name="/finetune_try_text")
+    assert {c["label"] for c in label["confidences"]} == {"disliked", "liked"}
+
+
+def test_bad_uploads_get_messages(client, tmp_path):
+    single = tmp_path / "single.zip"
+    with zipfile.ZipFile(single, "w") as archive:
+        for i in range(3):
+            archive.writestr(f"cats/{i}.png", shape_png("circle", __import__("random").Random(i)))
+    summary, _ = client.predict("Images", [handle_file(str(single))], api_name="/finetune_inspect")
+    assert "Cannot train yet" in summary and "at least 2" in summary
+    not_zip = tmp_path / "fake.zip"
+    not_zip.write_bytes(b"this is not a zip")
+    with pytest.raises(AppError, match="not a readable zip"):
+        client.predict("Images", [handle_file(str(not_zip))], api_name="/finetune_inspect")
+    with pytest.raises(AppError, match="Upload your data first"):
+        client.predict("d" * 32, "Images", [], *QUICK_IMAGES, api_name="/finetune_start")
+    short = tmp_path / "short.txt"
+    short.write_text("hello")
+    summary, _ = client.predict("Plain text", [handle_file(str(short))], api_name="/finetune_inspect")
+    assert "at least 1,000" in summary
