@@ -21,7 +21,9 @@ INTRO = ("**minilab**: play with real neural networks. Everything here runs on m
 
 
 def build_app() -> gr.Blocks:
-    with gr.Blocks(title=TITLE) as demo:
+    # Uploaded and generated files in Gradio's cache are deleted an hour after they were made (checked every
+    # 30 minutes), so a long-running Space does not fill its disk; job folders are pruned by engine.jobs.
+    with gr.Blocks(title=TITLE, delete_cache=(1800, 3600)) as demo:
         gr.Markdown(f"# 🧪 minilab\n{INTRO}")
         # One random key per browser (localStorage): training jobs and the models they make belong to it,
         # so a reloaded page finds them again and no other browser ever sees them.

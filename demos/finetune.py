@@ -287,15 +287,18 @@ def _download(folder: Path, name: str) -> str:
 def poll(owner: str | None, request: gr.Request):
     """Timer tick (and page load): progress and curves; once the job ends, the results and the new model."""
     job = _latest_job(owner)
+    hidden = gr.Gallery(value=[], visible=False), gr.Dataframe(value=None, visible=False)
     if job is None:
-        return IDLE, None, None, "", None, None, [], None, None, gr.Timer(active=False)
+        return IDLE, None, None, "", None, None, *hidden, None, gr.Timer(active=False)
     loss, accuracy = _curves(job.events)
     if job.done and isinstance(job.result, dict) and job.result.get("folder"):
         _register(job, owner, request)
         text, figure, per_class, gallery, table, download = _results(job)
-        return (_progress_markdown(job), loss, accuracy, text, figure, per_class, gallery, table, download,
-                gr.Timer(active=False))
-    return (_progress_markdown(job), loss, accuracy, "", None, None, [], None, None, gr.Timer(active=not job.done))
+        kind = job.result["kind"]
+        return (_progress_markdown(job), loss, accuracy, text, figure, per_class,
+                gr.Gallery(value=gallery, visible=kind == "image"), gr.Dataframe(value=table, visible=kind == "text"),
+                download, gr.Timer(active=False))
+    return (_progress_markdown(job), loss, accuracy, "", None, None, *hidden, None, gr.Timer(active=not job.done))
 
 
 # ---- 4. use it ----------------------------------------------------------------------------------------------
@@ -367,14 +370,16 @@ def load_model_zip(file, owner: str | None, request: gr.Request):
 # ---- layout ---------------------------------------------------------------------------------------------------
 
 
+HINTS = {"image": "A **zip of class folders** (`cats/…`, `dogs/…`), or several images plus a **CSV of filename,label**.",
+         "text": "A **CSV or TSV** with a text column (`text`, `sentence`, `review`…) and a label column (`label`, `class`…).",
+         "chargpt": "A **plain-text file** (.txt): a book, song lyrics, code… 100 kB or more gives words and lines."}
+BUDGETS = {"image": 45, "text": 25, "chargpt": 100}
+
+
 def kind_changed(kind_label: str):
     kind = KINDS[kind_label]
-    budgets = {"image": 45, "text": 25, "chargpt": 100}
-    hints = {"image": "A **zip of class folders** (`cats/…`, `dogs/…`), or several images plus a **CSV of filename,label**.",
-             "text": "A **CSV or TSV** with a text column (`text`, `sentence`, `review`…) and a label column (`label`, `class`…).",
-             "chargpt": "A **plain-text file** (.txt): a book, song lyrics, code… 100 kB or more gives words and lines."}
     return (gr.Group(visible=kind == "image"), gr.Group(visible=kind == "text"), gr.Group(visible=kind == "chargpt"),
-            gr.Slider(value=budgets[kind]), hints[kind], gr.Image(visible=kind == "image"), gr.Textbox(visible=kind != "image"),
+            gr.Slider(value=BUDGETS[kind]), HINTS[kind], gr.Image(visible=kind == "image"), gr.Textbox(visible=kind != "image"),
             gr.Button(visible=kind == "image"), gr.Button(visible=kind != "image"))
 
 
@@ -385,7 +390,7 @@ def build(owner: gr.BrowserState) -> dict:
     with gr.Row():
         with gr.Column(scale=5):
             kind = gr.Radio(list(KINDS), value="Images", label="What do you want to train?", elem_id="ft-kind")
-            hint = gr.Markdown(kind_changed("Images")[4])
+            hint = gr.Markdown(HINTS["image"])
             files = gr.File(label="Your data", file_count="multiple", elem_id="ft-files",
                             file_types=[".zip", ".csv", ".tsv", ".txt", "image"])
             examples = [[str(EXAMPLES_DIR / "shapes.zip")]] if (EXAMPLES_DIR / "shapes.zip").is_file() else []
@@ -438,8 +443,9 @@ def build(owner: gr.BrowserState) -> dict:
         confusion = gr.Plot(label="Confusion matrix")
         per_class = gr.Dataframe(label="Accuracy per class", interactive=False)
     mistakes = gr.Gallery(label="Validation images it gets most wrong (highest loss first: check their labels)",
-                          columns=8, height=240)
-    text_mistakes = gr.Dataframe(label="Validation rows it gets most wrong (highest loss first)", interactive=False, wrap=True)
+                          columns=8, height=240, visible=False)
+    text_mistakes = gr.Dataframe(label="Validation rows it gets most wrong (highest loss first)", interactive=False, wrap=True,
+                                 visible=False)
     gr.Markdown("### Try it")
     with gr.Row():
         with gr.Column():

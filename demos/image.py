@@ -133,7 +133,7 @@ def build() -> dict:
     default = "cifar10" if any(v == "cifar10" for _, v in choices) else (choices[0][1] if choices else None)
     with gr.Row():
         with gr.Column(scale=5):
-            model = gr.Dropdown(choices=choices, value=default, label="Model", info="shipped models work offline; hub models when cached or online")
+            model = gr.Dropdown(choices=choices, value=default, label="Model", elem_id="image-model", info="shipped models work offline; hub models when cached or online")
             source = gr.Radio(choices=[("Photo", "photo"), ("Draw a digit", "draw")], value="photo", label="Input")
             photo = gr.Image(type="filepath", sources=["upload", "webcam", "clipboard"], label="Image", height=300, elem_id="photo-input")
             sketch = gr.Sketchpad(label="Draw a digit (pick the mnist model)", canvas_size=(280, 280), type="numpy", image_mode="RGBA",

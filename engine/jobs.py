@@ -119,7 +119,8 @@ class JobContext:
 class JobRunner:
     """Runs training functions in background threads: a FIFO queue, a concurrency cap, cancel/pause/resume."""
 
-    def __init__(self, max_concurrent: int = 1, time_limit_s: float | None = None, max_queued: int = 32):
+    def __init__(self, max_concurrent: int = 1, time_limit_s: float | None = None, max_queued: int = 32,
+                 threads: int | None = None, keep_finished: int = 5):
         if max_concurrent < 1:
             raise UserError(f"max_concurrent must be at least 1, got {max_concurrent}.")
         if max_queued < 0:
@@ -129,6 +130,8 @@ class JobRunner:
         self.max_concurrent = max_concurrent
         self.time_limit_s = time_limit_s
         self.max_queued = max_queued
+        self.threads = threads  # CPU threads each job's PyTorch may use (None: PyTorch's default, every core)
+        self.keep_finished = keep_finished  # finished jobs kept per session; older ones (and their files) go
         self._cond = threading.Condition()  # guards everything below; notified on every state change
         self._jobs: dict[str, _Job] = {}  # every job not yet discarded, in submission order
         self._queue: list[_Job] = []  # waiting jobs, FIFO
@@ -155,6 +158,9 @@ class JobRunner:
             self._jobs[job.id] = job
             self._queue.append(job)
             self._start_queued()
+            old = self._prune(session)
+        for workdir in old:
+            shutil.rmtree(workdir, ignore_errors=True)
         return job.id
 
     def status(self, job_id: str, session: str) -> JobStatus:
@@ -235,6 +241,19 @@ class JobRunner:
             raise UserError(f"No such job: {job_id!r}.")
         return job
 
+    def _prune(self, session: str) -> list[Path]:
+        """Forget all but the newest `keep_finished` finished jobs of a session, so that a long-lived server
+        does not pile up results and model folders; returns the workdirs to delete (outside the lock)."""
+        finished = [job for job in self._jobs.values() if job.session == session and job.state in FINAL_STATES]
+        workdirs = []
+        for job in finished[:max(0, len(finished) - self.keep_finished)]:
+            del self._jobs[job.id]
+            job.discarded, job.best, job.result = True, None, None
+            if job.workdir is not None:
+                workdirs.append(job.workdir)
+                job.workdir = None
+        return workdirs
+
     def _cancel(self, job: _Job) -> None:
         if job.state == QUEUED:
             self._queue.remove(job)
@@ -273,6 +292,10 @@ class JobRunner:
         """The body of a job's thread: make the workdir, call fn, record how it ended, start the next job."""
         returned, error = None, None
         try:
+            if self.threads:  # PyTorch's thread count is per thread: this limits the job, not the web server
+                import torch
+
+                torch.set_num_threads(self.threads)
             workdir = Path(tempfile.mkdtemp(prefix="minilab-job-"))
             with self._cond:
                 job.workdir = workdir
@@ -322,15 +345,18 @@ _default_lock = threading.Lock()
 
 
 def default_runner() -> JobRunner:
-    """The process-wide runner, from MINILAB_MAX_JOBS (1), MINILAB_JOB_TIME_LIMIT (600 s; 0 means none)
-    and MINILAB_MAX_QUEUED (32). Created on first use, under a lock so two threads never make two."""
+    """The process-wide runner, from MINILAB_MAX_JOBS (1), MINILAB_JOB_TIME_LIMIT (600 s; 0 means none),
+    MINILAB_MAX_QUEUED (32), MINILAB_JOB_THREADS (0: every core) and MINILAB_KEEP_JOBS (5 finished jobs kept
+    per browser). Created on first use, under a lock so two threads never make two."""
     global _default
     with _default_lock:
         if _default is None:
             limit = _env_number("MINILAB_JOB_TIME_LIMIT", 600.0, float)
             _default = JobRunner(max_concurrent=_env_number("MINILAB_MAX_JOBS", 1, int),
                                  time_limit_s=limit if limit > 0 else None,
-                                 max_queued=_env_number("MINILAB_MAX_QUEUED", 32, int))
+                                 max_queued=_env_number("MINILAB_MAX_QUEUED", 32, int),
+                                 threads=_env_number("MINILAB_JOB_THREADS", 0, int) or None,
+                                 keep_finished=_env_number("MINILAB_KEEP_JOBS", 5, int))
         return _default
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import zipfile
+from pathlib import Path
 
 import pytest
 from gradio_client import Client, handle_file
@@ -108,3 +109,26 @@ def test_bad_uploads_get_messages(client, tmp_path):
     short.write_text("hello")
     summary, _ = client.predict("Plain text", [handle_file(str(short))], api_name="/finetune_inspect")
     assert "at least 1,000" in summary
+
+
+def test_two_browsers_never_see_each_others_models_or_files(client, tmp_path):
+    """Two real sessions (two clients): B cannot use A's model by name, nor read files the app does not serve."""
+    import urllib.error
+    import urllib.request
+
+    other = Client(client.src, verbose=False)
+    upload = handle_file(str(shapes_zip(tmp_path / "shapes.zip", 6)))
+    client.predict("f" * 32, "Images", [upload], *QUICK_IMAGES, api_name="/finetune_start")
+    result = wait_until_done(client, "f" * 32)
+    name = result[3].split("\n")[0].removeprefix("### ")
+    assert name.startswith("my-images-")
+    (tmp_path / "x.png").write_bytes(shape_png("circle", __import__("random").Random(1)))
+    image = handle_file(str(tmp_path / "x.png"))
+    with pytest.raises(AppError, match="Unknown model|not in the list of choices"):
+        other.predict(name, image, None, "photo", api_name="/classify")
+    assert other.predict("0" * 32, api_name="/finetune_poll")[0].startswith("No training yet")
+    base = client.src.rstrip("/")
+    for path in ("/etc/passwd", str(Path(__file__).resolve()), str(Path(result[8]).parent)):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{base}/gradio_api/file={path}", timeout=10)
+        assert refused.value.code in (403, 404)

@@ -456,3 +456,29 @@ def test_default_runner_is_created_once_across_threads(monkeypatch):
     for thread in threads:
         thread.join(WAIT)
     assert len(found) == 8 and all(runner is found[0] for runner in found)
+
+
+def test_old_finished_jobs_are_forgotten_with_their_files():
+    """A long-lived server keeps the newest `keep_finished` finished jobs per session, and deletes the rest."""
+    runner = JobRunner(keep_finished=2)
+    workdirs = []
+
+    def write(ctx):
+        (ctx.workdir / "model.bin").write_bytes(b"x" * 100)
+        workdirs.append(ctx.workdir)
+        return "ok"
+
+    ids = []
+    for _ in range(4):
+        ids.append(runner.submit("alice", write))
+        runner.wait(ids[-1], "alice", timeout=10)
+    runner.submit("bob", write)  # another session's jobs do not count against alice's
+    runner.wait(runner.jobs("bob")[0].id, "bob", timeout=10)
+    kept = [job.id for job in runner.jobs("alice")]
+    # submitting the 4th pruned down to the newest 2 finished (the 4th was still running then)
+    assert kept == ids[1:] or kept == ids[2:]
+    assert not workdirs[0].exists() and workdirs[3].exists()
+    with pytest.raises(UserError, match="No such job"):
+        runner.status(ids[0], "alice")
+    assert len(runner.jobs("bob")) == 1
+    runner.shutdown()

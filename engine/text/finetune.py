@@ -73,7 +73,8 @@ def sst2_folder() -> Path:
 
 def encoder(name: str):
     """A TextPredictor whose `features` are the sentence vectors of encoder `name` (int8 on the CPU)."""
-    from engine.text.classify import TextClassifier, TextPredictor, base_folder, load_text_classifier, quantize_for_cpu
+    from engine.device import quantize_for_cpu
+    from engine.text.classify import TextClassifier, TextPredictor, base_folder, load_text_classifier
 
     with _encoders_lock:
         if name not in _encoders:

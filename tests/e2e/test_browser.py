@@ -172,3 +172,8 @@ def test_finetune_tab_uploads_a_zip_and_the_curve_moves(page, tmp_path):
     drawings = sorted(set(page.evaluate("() => window.__plots")))
     assert len(drawings) >= 3, f"the loss curve should be redrawn as training goes, saw {drawings}"
     assert "done" in page.locator("#ft-progress").inner_text()
+    # the new model is offered in the Image tab of this browser
+    page.get_by_role("tab", name="Image classification").click()
+    page.locator("#image-model input").click()
+    page.wait_for_function("() => [...document.querySelectorAll('[role=option]')].some(o => o.innerText.includes('my-images-'))",
+                           timeout=RESULT_TIMEOUT_MS)

@@ -1,0 +1,202 @@
+"""Many users at once: start `python app.py` on loopback and drive it through gradio_client.
+
+Each simulated user has its own client (its own session) and loops until the time is up: classify an image,
+classify a sentence or generate 60 characters, then think for 0.5-1.5 s. Two more users keep fine-tune jobs
+going the whole time (a small image upload, 15 s of training each, submitted again as soon as one ends), so
+that inference is measured while training runs. The app's memory (RSS) is sampled every second.
+
+    python benchmarks/load.py --users 20 --seconds 60            # prints one JSON line
+    python benchmarks/load.py --users 20 --seconds 600           # the memory-stays-flat run
+
+Note: the simulated users run in this process, on the same 2 cores as the app, so they take CPU from it.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parents[1]
+SENTENCES = ["a warm, funny and beautifully acted film", "the battery died after two days", "service was slow but the soup was great",
+             "an utterly forgettable sequel", "I would buy this again in a heartbeat", "the plot makes no sense at all"]
+PHOTOS = [ROOT / "demos" / "examples" / name for name in ("cat.jpg", "coffee.jpg", "rocket.jpg", "astronaut.jpg")]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def shapes_zip(path: Path, per_class: int = 20) -> Path:
+    rng = random.Random(0)
+    with zipfile.ZipFile(path, "w") as archive:
+        for kind in ("circle", "square"):
+            for i in range(per_class):
+                image = Image.new("RGB", (32, 32), (230, 230, 230))
+                r, cx, cy = rng.uniform(6, 10), rng.uniform(10, 22), rng.uniform(10, 22)
+                (ImageDraw.Draw(image).ellipse if kind == "circle" else ImageDraw.Draw(image).rectangle)(
+                    [cx - r, cy - r, cx + r, cy + r], fill=(rng.randint(0, 90), 30, 30))
+                buffer = io.BytesIO()
+                image.save(buffer, format="PNG")
+                archive.writestr(f"shapes/{kind}/{i}.png", buffer.getvalue())
+    return path
+
+
+class Recorder:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.latencies: dict[str, list[float]] = {}
+        self.errors: dict[str, list[str]] = {}
+        self.jobs_done = 0
+
+    def timed(self, endpoint: str, call):
+        started = time.perf_counter()
+        try:
+            result = call()
+        except Exception as error:  # noqa: BLE001 - every failure is a failed request, recorded by endpoint
+            with self.lock:
+                self.errors.setdefault(endpoint, []).append(f"{type(error).__name__}: {str(error)[:200]}")
+            return None
+        with self.lock:
+            self.latencies.setdefault(endpoint, []).append(time.perf_counter() - started)
+        return result
+
+
+def user(url: str, deadline: float, recorder: Recorder, seed: int) -> None:
+    from gradio_client import Client, handle_file
+
+    rng = random.Random(seed)
+    client = Client(url, verbose=False)
+    while time.time() < deadline:
+        action = rng.choices(["image", "sentence", "generate"], weights=[0.4, 0.4, 0.2])[0]
+        if action == "image":
+            photo = handle_file(str(rng.choice(PHOTOS)))
+            recorder.timed("image", lambda: client.predict("cifar10", photo, None, "photo", api_name="/classify"))
+        elif action == "sentence":
+            recorder.timed("sentence", lambda: client.predict("sst2", rng.choice(SENTENCES), api_name="/classify_text"))
+        else:
+            recorder.timed("generate", lambda: client.predict("shakespeare", "ROMEO:\n", 60, 0.8, 0, 1.0, rng.randint(0, 999),
+                                                              False, api_name="/generate"))
+        time.sleep(rng.uniform(0.5, 1.5))
+
+
+def trainer(url: str, deadline: float, recorder: Recorder, owner: str, upload: Path, budget: int) -> None:
+    from gradio_client import Client, handle_file
+
+    client = Client(url, verbose=False)
+    settings = ["cifar10", "finetune", "auto", "probe", "scratch", budget, 60, 0.2, 64, 0.25, 16, False, 0]
+    while time.time() < deadline - budget:
+        if recorder.timed("finetune_start", lambda: client.predict(owner, "Images", [handle_file(str(upload))], *settings,
+                                                                   api_name="/finetune_start")) is None:
+            return
+        while time.time() < deadline + 120:
+            progress = recorder.timed("finetune_poll", lambda: client.predict(owner, api_name="/finetune_poll"))
+            if progress and any(word in progress[0] for word in ("done", "failed", "cancelled", "time limit")):
+                if "done" in progress[0]:
+                    with recorder.lock:
+                        recorder.jobs_done += 1
+                break
+            time.sleep(1.0)
+
+
+def percentiles(values: list[float]) -> dict:
+    if not values:
+        return {"n": 0}
+    array = np.array(values)
+    return {"n": len(values), "p50": round(float(np.percentile(array, 50)), 3), "p95": round(float(np.percentile(array, 95)), 3),
+            "p99": round(float(np.percentile(array, 99)), 3), "max": round(float(array.max()), 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=20)
+    parser.add_argument("--trainers", type=int, default=2, help="users who keep fine-tune jobs running")
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--job-budget", type=int, default=15, help="training seconds of each fine-tune job")
+    parser.add_argument("--max-jobs", type=int, default=2, help="MINILAB_MAX_JOBS for the app (jobs run at once)")
+    args = parser.parse_args()
+    if not 1 <= args.users <= 200 or not 0 <= args.trainers <= 20 or not 5 <= args.seconds <= 3600:
+        sys.exit("users 1-200, trainers 0-20, seconds 5-3600")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    env = dict(os.environ, MINILAB_OFFLINE="1", MINILAB_MAX_JOBS=str(args.max_jobs))
+    log = tempfile.NamedTemporaryFile(prefix="minilab-load-", suffix=".log", delete=False)
+    app = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    recorder, memory = Recorder(), []
+    tmp = Path(tempfile.mkdtemp(prefix="minilab-load-"))
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(url, timeout=2).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            sys.exit(f"the app did not start: see {log.name}")
+        time.sleep(5)  # the warm-up load of the default model
+        upload = shapes_zip(tmp / "shapes.zip")
+        start = time.time()
+        deadline = start + args.seconds
+        stop = threading.Event()
+
+        def sample_memory() -> None:
+            while not stop.is_set():
+                memory.append((round(time.time() - start, 1), round(rss_mb(app.pid), 1)))
+                stop.wait(1.0)
+
+        threads = [threading.Thread(target=sample_memory, daemon=True)]
+        threads += [threading.Thread(target=trainer, args=(url, deadline, recorder, f"{i:032x}", upload, args.job_budget), daemon=True)
+                    for i in range(args.trainers)]
+        threads += [threading.Thread(target=user, args=(url, deadline, recorder, i), daemon=True) for i in range(args.users)]
+        for thread in threads:
+            thread.start()
+        for thread in threads[1:]:
+            thread.join(args.seconds + 300)
+        stop.set()
+    finally:
+        app.terminate()
+        app.wait(timeout=30)
+    rss = [m for _, m in memory]
+    third = max(1, len(rss) // 3)
+    served = sum(len(v) for v in recorder.latencies.values())
+    failed = sum(len(v) for v in recorder.errors.values())
+    result = {
+        "benchmark": "load", "users": args.users, "trainers": args.trainers, "seconds": args.seconds,
+        "max_jobs": args.max_jobs, "requests_served": served, "errors": failed,
+        "error_examples": {k: v[:3] for k, v in recorder.errors.items()},
+        "latency_s": {k: percentiles(v) for k, v in sorted(recorder.latencies.items())},
+        "jobs_completed": recorder.jobs_done,
+        "memory_mb": {"peak": max(rss, default=0), "first_third_mean": round(float(np.mean(rss[:third])), 1) if rss else None,
+                      "last_third_mean": round(float(np.mean(rss[-third:])), 1) if rss else None},
+    }
+    image, sentence = result["latency_s"].get("image", {}), result["latency_s"].get("sentence", {})
+    result["targets"] = {"no_failed_request": failed == 0,
+                         "image_p95_under_1_s": image.get("p95", 99) < 1.0,
+                         "sentence_p95_under_0.5_s": sentence.get("p95", 99) < 0.5}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
