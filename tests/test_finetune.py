@@ -357,3 +357,21 @@ def test_hub_backbone_offline_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="not in the local cache"):
         finetune_images([shapes_zip(tmp_path / "up.zip", 4)], ImageFinetuneConfig(backbone="torchvision/resnet50", strategy="probe"),
                         tmp_path / "work", tmp_path / "model")
+
+
+def test_time_schedule_has_the_shape_of_torchs_one_cycle():
+    """fit_classifier's clock-driven schedule (used by fine-tunes) follows OneCycleLR's learning rate and momentum."""
+    import torch
+
+    from engine.vision.train import one_cycle
+
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=0.2, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.2, total_steps=101, pct_start=0.2)
+    for step in range(101):
+        lr, momentum = one_cycle(step / 100, 0.2)
+        group = optimizer.param_groups[0]
+        # torch counts the warm-up as pct_start * total_steps - 1 steps: the curves agree to a few per cent
+        assert abs(group["lr"] - lr) < 0.02 * 0.2 and abs(group["momentum"] - momentum) < 0.01, step
+        optimizer.step()
+        scheduler.step() if step < 100 else None

@@ -36,10 +36,17 @@ def test_tsv_and_csv_with_label_names_and_skipped_rows():
 
 
 def test_missing_columns_are_named():
-    with pytest.raises(UserError, match="no label column.*'sentence', 'stars'"):
-        parse_labelled_text("sentence,stars\nok,5\n", "x.csv")
+    with pytest.raises(UserError, match="no label column.*'sentence', 'stars', 'date'"):
+        parse_labelled_text("sentence,stars,date\nok,5,today\n", "x.csv")
     with pytest.raises(UserError, match="no text column"):
-        parse_labelled_text("label,score\n1,2\n", "x.csv")
+        parse_labelled_text("label,score,date\n1,2,today\n", "x.csv")
+
+
+def test_two_columns_with_one_known_name_are_text_and_label():
+    table = parse_labelled_text("review,verdict\ngreat,liked\n", "x.csv")
+    assert (table.text_column, table.label_column, table.labels) == ("review", "verdict", ["liked"])
+    table = parse_labelled_text("stars\tcomment\n5\tlovely\n", "x.tsv")
+    assert (table.text_column, table.label_column, table.texts) == ("comment", "stars", ["lovely"])
     with pytest.raises(UserError, match="empty"):
         parse_labelled_text("", "x.csv")
 
@@ -198,7 +205,7 @@ def test_eval_cli_on_tiny_files(lora_model, tmp_path: Path):
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["n"] == 8 and 0 <= report["accuracy"] <= 1
     bad = tmp_path / "bad.csv"
-    bad.write_text("comment,stars\nnice,5\n")
+    bad.write_text("comment,stars,date\nnice,5,today\n")
     result = run_cli("eval", "sentiment", "--model", str(lora_model[2]), "--data", str(bad), "--json")
     assert result.returncode == 2 and "no label column" in result.stderr
 

@@ -57,6 +57,7 @@ class VisionTrainConfig:
     augment: Augment = field(default_factory=Augment)
     seed: int = 0
     time_budget: float | None = None  # seconds; training stops early and keeps what it has
+    schedule_by_time: bool = False  # the one-cycle schedule spans time_budget seconds (epochs is then a ceiling)
     device: str | None = None
     bf16: bool = True  # bfloat16 autocast on CPU and CUDA (weights and the saved model stay float32)
 
@@ -102,6 +103,17 @@ def warmup_ema(decay: float):
     return update
 
 
+def one_cycle(progress: float, max_lr: float, pct_start: float = 0.2) -> tuple[float, float]:
+    """(learning rate, momentum) at `progress` in [0, 1], shaped as torch's OneCycleLR: cosine warm-up from
+    max_lr/25 to max_lr, cosine decay to max_lr/25e4; momentum moves the other way between 0.95 and 0.85."""
+    initial, final = max_lr / 25, max_lr / 25e4
+    if progress < pct_start:
+        rise = (1 - math.cos(math.pi * progress / pct_start)) / 2
+        return initial + (max_lr - initial) * rise, 0.95 - 0.10 * rise
+    fall = (1 + math.cos(math.pi * (progress - pct_start) / (1 - pct_start))) / 2
+    return final + (max_lr - final) * fall, 0.85 + 0.10 * (1 - fall)
+
+
 def normalise(images: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
     """uint8 (N,C,H,W) -> float, scaled to [0,1] then standardised per channel."""
     mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
@@ -136,7 +148,10 @@ def fit_classifier(
 ) -> tuple[nn.Module, dict]:
     """Train `model` on float tensors already on the device; return the EMA model and its metrics."""
     generator = torch.Generator().manual_seed(config.seed)
-    steps_per_epoch = max(1, math.ceil(len(x_train) / config.batch_size))
+    # A last batch of a few images would give batch norm (and the gradient) a wild step: one smaller than half a
+    # batch is left out (different images each epoch, as the order is shuffled).
+    full, remainder = divmod(len(x_train), config.batch_size)
+    steps_per_epoch = max(1, full + (1 if remainder >= config.batch_size // 2 else 0))
     total_steps = steps_per_epoch * config.epochs
     decay, no_decay = [], []
     for name, param in model.named_parameters():
@@ -145,14 +160,27 @@ def fit_classifier(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=config.lr, momentum=0.9, nesterov=True,
     )
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps, pct_start=0.2)
+    by_time = config.schedule_by_time and bool(config.time_budget)
+    scheduler = None if by_time else torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps,
+                                                                          pct_start=0.2)
     background = x_train.amin(dim=(0, 2, 3), keepdim=True)
     device_type = x_train.device.type
     autocast = lambda: torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.bf16 and device_type in ("cpu", "cuda"))  # noqa: E731
     model = model.to(memory_format=torch.channels_last)
     ema = AveragedModel(model, multi_avg_fn=warmup_ema(config.ema_decay), use_buffers=True)
     history: list[dict] = []
-    start, step, stopped = time.perf_counter(), 0, None
+    start, step, stopped, finished = time.perf_counter(), 0, None, False
+
+    def eta(elapsed: float) -> float:
+        if by_time:
+            return max(0.0, config.time_budget - elapsed)
+        return elapsed / max(1, step) * (total_steps - step)
+
+    def progress_now() -> float:
+        """How far along the schedule is: by steps, or by time when the schedule follows the clock."""
+        fraction = step / total_steps
+        return min(1.0, max(fraction, (time.perf_counter() - start) / config.time_budget) if by_time else fraction)
+
     for epoch in range(1, config.epochs + 1):
         model.train()
         order = torch.randperm(len(x_train), generator=generator).to(x_train.device)
@@ -165,35 +193,40 @@ def fit_classifier(
             loss = F.cross_entropy(logits, yb, label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if by_time:
+                lr, momentum = one_cycle(progress_now(), config.lr)
+                for group in optimizer.param_groups:
+                    group["lr"], group["momentum"] = lr, momentum
             optimizer.step()
-            scheduler.step()
+            if scheduler is not None:
+                scheduler.step()
             ema.update_parameters(model)
             step += 1
             seen += len(index)
             loss_sum += loss.item() * len(index)
             correct += (logits.argmax(1) == yb).sum().item()
             elapsed = time.perf_counter() - start
+            finished = by_time and progress_now() >= 1.0
             if should_stop is not None and should_stop():
                 stopped = "stopped by request"
-            elif config.time_budget is not None and elapsed > config.time_budget:
+            elif not by_time and config.time_budget is not None and elapsed > config.time_budget:
                 stopped = "time budget reached"
-            if stopped:
+            if stopped or finished:
                 break
             if on_progress is not None:
                 on_progress({"kind": "step", "step": step, "steps": total_steps, "epoch": epoch,
                              "epochs": config.epochs, "train_loss": loss.item(), "elapsed": elapsed,
-                             "eta": elapsed / step * (total_steps - step)})
+                             "eta": eta(elapsed)})
         with autocast():
             val = evaluate(ema.module, x_val, y_val, config.tta_flip) if len(x_val) else {"loss": None, "accuracy": None}
         elapsed = time.perf_counter() - start
         record = {"kind": "epoch", "epoch": epoch, "epochs": config.epochs, "step": step, "steps": total_steps,
                   "train_loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen),
-                  "val_loss": val["loss"], "val_acc": val["accuracy"], "elapsed": elapsed,
-                  "eta": elapsed / max(1, step) * (total_steps - step)}
+                  "val_loss": val["loss"], "val_acc": val["accuracy"], "elapsed": elapsed, "eta": eta(elapsed)}
         history.append(record)
         if on_progress is not None:
             on_progress(record)
-        if stopped:
+        if stopped or finished:
             break
     # Augmentation shifts activation statistics a little; re-estimate batch norm on clean training images
     # (as SWA does) so the model is tuned to what it will see, then measure it once more.
