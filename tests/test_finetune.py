@@ -368,10 +368,11 @@ def test_time_schedule_has_the_shape_of_torchs_one_cycle():
     parameter = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([parameter], lr=0.2, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.2, total_steps=101, pct_start=0.2)
+    warm = 0.2 * 101 - 1  # torch's warm-up ends at step pct_start * total_steps - 1, its decay at total_steps - 1
     for step in range(101):
-        lr, momentum = one_cycle(step / 100, 0.2)
+        progress = 0.2 * step / warm if step <= warm else 0.2 + 0.8 * (step - warm) / (100 - warm)
+        lr, momentum = one_cycle(progress, 0.2)
         group = optimizer.param_groups[0]
-        # torch counts the warm-up as pct_start * total_steps - 1 steps: the curves agree to a few per cent
-        assert abs(group["lr"] - lr) < 0.02 * 0.2 and abs(group["momentum"] - momentum) < 0.01, step
+        assert abs(group["lr"] - lr) < 1e-6 and abs(group["momentum"] - momentum) < 1e-6, step
         optimizer.step()
         scheduler.step() if step < 100 else None
