@@ -222,7 +222,10 @@ def read_images_with_csv(images: list[Path], csv_path: Path) -> ClassFolderDatas
 
     text = decode_bytes(csv_path.read_bytes()[: 20 * 2**20], csv_path.name)
     dialect = "excel-tab" if text.split("\n", 1)[0].count("\t") > text.split("\n", 1)[0].count(",") else "excel"
-    rows = list(csv.reader(io.StringIO(text), dialect=dialect))
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline=""), dialect=dialect))
+    except csv.Error as error:
+        raise UserError(f"{csv_path.name} is not a readable CSV file ({error}).") from error
     if not rows:
         raise UserError(f"{csv_path.name} is empty: expected a header row such as filename,label.")
     header = [cell.strip().lower() for cell in rows[0]]

@@ -376,3 +376,10 @@ def test_time_schedule_has_the_shape_of_torchs_one_cycle():
         assert abs(group["lr"] - lr) < 1e-6 and abs(group["momentum"] - momentum) < 1e-6, step
         optimizer.step()
         scheduler.step() if step < 100 else None
+
+
+def test_a_csv_with_a_stray_carriage_return_is_a_clear_error(tmp_path):
+    """Found by the fuzz test: csv raised its own error on a lone \\r inside a field."""
+    (tmp_path / "labels.csv").write_bytes(b"\r\x01")
+    with pytest.raises(UserError, match="labels.csv"):
+        read_image_upload([tmp_path / "labels.csv"], tmp_path / "work")
