@@ -6,6 +6,8 @@ turns true (the stop button), checked before every piece.
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -29,6 +31,9 @@ class SamplingSettings:
     seed: int = 0
 
     def validate(self) -> "SamplingSettings":
+        for name, value in vars(self).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserError(f"{name.replace('_', ' ')} must be a finite number (got {value}).")
         if not 1 <= int(self.max_new_tokens) <= MAX_NEW_TOKENS:
             raise UserError(f"Maximum length must be between 1 and {MAX_NEW_TOKENS:,} (got {self.max_new_tokens}).")
         if not 0.01 <= float(self.temperature) <= 5:
