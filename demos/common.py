@@ -12,6 +12,45 @@ from engine.errors import UserError
 log = logging.getLogger("minilab")
 
 
+def ensure_owner(owner: str | None) -> str:
+    """The browser's owner key (kept in localStorage): kept if it has one, made once if not."""
+    import uuid
+
+    return owner if isinstance(owner, str) and len(owner) == 32 else uuid.uuid4().hex
+
+
+def latest_job(owner: str | None, prefix: str):
+    """This browser's newest job whose name starts with `prefix` (a tab's own jobs), or None."""
+    from engine.jobs import default_runner
+
+    if not owner:
+        return None
+    jobs = [job for job in default_runner().jobs(owner) if job.name.startswith(prefix)]
+    return jobs[-1] if jobs else None
+
+
+def control_job(action: str, owner: str | None, prefix: str) -> None:
+    """Pause, resume or cancel this browser's newest running job of a tab."""
+    from engine.jobs import default_runner
+
+    job = latest_job(owner, prefix)
+    if job is None or job.done:
+        raise UserError("No training is running.")
+    getattr(default_runner(), action)(job.id, owner)
+
+
+def model_zip(folder, name: str) -> str:
+    """A model folder zipped beside itself (once) for download."""
+    from pathlib import Path
+
+    from engine.checkpoints import zip_model_folder
+
+    target = Path(folder).parent / f"{name}.zip"
+    if not target.exists():
+        zip_model_folder(folder, target)
+    return str(target)
+
+
 def session_key(request: gr.Request | None) -> str | None:
     return getattr(request, "session_hash", None) if request is not None else None
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from demos.common import friendly_errors, session_key
+from demos.common import control_job, ensure_owner, friendly_errors, latest_job, model_zip, session_key
 from engine.errors import UserError
 from engine.registry import default_registry, model_entry_for_folder
 
@@ -27,10 +27,6 @@ HUB_BACKBONES = [(f"{name} (hub, probe only)", name) for name in
                  ("torchvision/resnet50", "torchvision/mobilenet_v3_large", "torchvision/efficientnet_b0",
                   "google/vit-base-patch16-224")]
 IDLE = "No training yet: upload data, check what was understood, and press **Train**."
-
-
-def ensure_owner(owner: str | None) -> str:
-    return owner if isinstance(owner, str) and len(owner) == 32 else uuid.uuid4().hex
 
 
 def _paths(files) -> list[str]:
@@ -153,22 +149,12 @@ def start(owner: str | None, kind_label: str, files, *settings):
 
 
 def _latest_job(owner: str | None):
-    from engine.jobs import default_runner
-
-    if not owner:
-        return None
-    jobs = [job for job in default_runner().jobs(owner) if job.name.startswith(JOB_PREFIX)]
-    return jobs[-1] if jobs else None
+    return latest_job(owner, JOB_PREFIX)
 
 
 @friendly_errors
 def control(action: str, owner: str | None):
-    from engine.jobs import default_runner
-
-    job = _latest_job(owner)
-    if job is None or job.done:
-        raise UserError("No training is running.")
-    getattr(default_runner(), action)(job.id, owner)
+    control_job(action, owner, JOB_PREFIX)
     return gr.Timer(active=True)
 
 
@@ -256,7 +242,7 @@ def _results(job) -> tuple[str, object, pd.DataFrame | None, list, pd.DataFrame 
         text = (f"### {name}\nValidation loss **{metrics['val_loss']:.3f}** nats per character "
                 f"({metrics['iters']:,} steps, {metrics['seconds']:.0f} s). A sample:\n\n```\n{result['sample']}\n```\n"
                 "Try it below, or pick it in **Text → Generate**.")
-        return text, None, None, [], None, _download(Path(result["folder"]), name)
+        return text, None, None, [], None, model_zip(Path(result["folder"]), name)
     per_class = pd.DataFrame([{"class": c, "accuracy": a} for c, a in metrics["per_class_accuracy"].items()])
     where = "**Image classification**" if kind == "image" else "**Text → Sentiment**"
     extra = f" · encoder: {metrics['encoder']}" if metrics.get("encoder") else ""
@@ -272,16 +258,7 @@ def _results(job) -> tuple[str, object, pd.DataFrame | None, list, pd.DataFrame 
                     f"({m['confidence']:.0%})") for m in result["misclassified"]]
     else:
         table = pd.DataFrame([{k: m[k] for k in ("text", "true", "predicted", "confidence", "loss")} for m in result["misclassified"]])
-    return text, figure, per_class, gallery, table, _download(Path(result["folder"]), name)
-
-
-def _download(folder: Path, name: str) -> str:
-    from engine.checkpoints import zip_model_folder
-
-    target = folder.parent / f"{name}.zip"
-    if not target.exists():
-        zip_model_folder(folder, target)
-    return str(target)
+    return text, figure, per_class, gallery, table, model_zip(Path(result["folder"]), name)
 
 
 def poll(owner: str | None, request: gr.Request):

@@ -13,7 +13,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from demos.common import friendly_errors
+from demos.common import control_job, ensure_owner, friendly_errors, latest_job, model_zip
 from engine.errors import UserError
 from engine.registry import default_registry, model_entry_for_folder
 
@@ -24,11 +24,6 @@ LIVE_STATES = ("queued", "running", "paused")
 
 def agent_choices(owner: str | None) -> list[tuple[str, str]]:
     return [(f"{e.name}  ·  {e.source}", e.name) for e in default_registry().list(TASK, owner)]
-
-
-def ensure_owner(owner: str | None) -> str:
-    """The browser's owner key: kept if it has one, made once if not."""
-    return owner if isinstance(owner, str) and len(owner) == 32 else uuid.uuid4().hex
 
 
 def _agent(name: str, owner: str | None):
@@ -101,22 +96,12 @@ def start(owner: str | None, *settings):
 
 
 def _latest_job(owner: str | None):
-    from engine.jobs import default_runner
-
-    if not owner:
-        return None
-    jobs = [job for job in default_runner().jobs(owner) if job.name == "cartpole"]
-    return jobs[-1] if jobs else None
+    return latest_job(owner, "cartpole")
 
 
 @friendly_errors
 def control(action: str, owner: str | None):
-    from engine.jobs import default_runner
-
-    job = _latest_job(owner)
-    if job is None or job.done:
-        raise UserError("No training is running.")
-    getattr(default_runner(), action)(job.id, owner)
+    control_job(action, owner, "cartpole")
     return gr.Timer(active=True)
 
 
@@ -154,18 +139,9 @@ def poll(owner: str | None, agent_name: str):
         if name not in [e.name for e in registry.list(TASK, owner)]:
             registry.add(model_entry_for_folder(Path(job.result["folder"]), name, "session", session=owner))
         dropdown = gr.Dropdown(choices=agent_choices(owner), value=name)
-        download = _agent_zip(Path(job.result["folder"]), name)
+        download = model_zip(Path(job.result["folder"]), name)
     return (_progress_markdown(job), returns if len(returns) else None, learning if len(learning) else None, dropdown,
             download, gr.Timer(active=not job.done))
-
-
-def _agent_zip(folder: Path, name: str) -> str:
-    from engine.checkpoints import zip_model_folder
-
-    target = folder.parent / f"{name}.zip"
-    if not target.exists():
-        zip_model_folder(folder, target)
-    return str(target)
 
 
 @friendly_errors

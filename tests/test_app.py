@@ -13,16 +13,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def client():
+def launched_client(max_file_size: str):
+    """The app launched on a free loopback port; yields a gradio_client Client, closes the app afterwards."""
     from app import build_app
 
     demo = build_app()
     demo.queue(default_concurrency_limit=2)
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, show_error=True, max_file_size="5mb")
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, show_error=True, max_file_size=max_file_size)
     yield Client(f"http://127.0.0.1:{port}/", verbose=False)
     demo.close()
+
+
+@pytest.fixture(scope="module")
+def client():
+    yield from launched_client("5mb")
 
 
 def test_classify_a_digit_photo(client, tmp_path):

@@ -10,7 +10,7 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from tests.test_app import free_port
+from tests.test_app import launched_client
 from tests.test_finetune import shape_png, shapes_zip, write_reviews
 
 ALICE, BOB = "a" * 32, "b" * 32
@@ -20,14 +20,7 @@ QUICK_IMAGES = ["cifar10", "finetune", "auto", "probe", "scratch", 3, 60, 0.2, 6
 
 @pytest.fixture(scope="module")
 def client():
-    from app import build_app
-
-    demo = build_app()
-    demo.queue(default_concurrency_limit=2)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, show_error=True, max_file_size="20mb")
-    yield Client(f"http://127.0.0.1:{port}/", verbose=False)
-    demo.close()
+    yield from launched_client("20mb")  # a fine-tuned image model's zip is about 6 MB
 
 
 def wait_until_done(client, owner: str, timeout_s: float = 180.0) -> tuple:
