@@ -71,14 +71,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+WARM_MODELS = ("cifar10", "sst2", "shakespeare", "mnist")  # what the tabs open on
+
+
 def warm_up() -> None:
-    """Import torch and load the default model after the page is up, so the first click is quick."""
+    """Import torch and load the models the tabs open on, after the page is up, so that no first click (or the
+    first of many users at once) waits seconds for a model to load."""
     from engine.registry import default_registry
 
-    try:
-        default_registry().get("cifar10")
-    except Exception:  # a missing model shows up in the System tab; never stop the server for it
-        pass
+    for name in WARM_MODELS:
+        try:
+            default_registry().get(name)
+        except Exception:  # a missing model shows up in the System tab; never stop the server for it
+            pass
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,12 +1,18 @@
 """Many users at once: start `python app.py` on loopback and drive it through gradio_client.
 
 Each simulated user has its own client (its own session) and loops until the time is up: classify an image,
-classify a sentence or generate 60 characters, then think for 0.5-1.5 s. Two more users keep fine-tune jobs
+classify a sentence or generate 60 characters, then think for 0.5-1.5 s (--think: a quick clicker; people
+who read their results take several seconds). Two more users keep fine-tune jobs
 going the whole time (a small image upload, 15 s of training each, submitted again as soon as one ends), so
 that inference is measured while training runs. The app's memory (RSS) is sampled every second.
 
     python benchmarks/load.py --users 20 --seconds 60            # prints one JSON line
     python benchmarks/load.py --users 20 --seconds 600           # the memory-stays-flat run
+
+Latency is from sending a request to receiving its result; output images are not downloaded (a browser shows
+the label at once and fetches pictures in parallel). Before the clock starts, each endpoint is called once, so the
+figures are the steady state of a running Space rather than its first model loads. Temporary files the app made
+(job folders, Gradio's cache) are counted at the end, after the jobs finished.
 
 Note: the simulated users run in this process, on the same 2 cores as the app, so they take CPU from it.
 """
@@ -40,6 +46,12 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (from /proc/PID/stat, in clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> float:
@@ -84,11 +96,11 @@ class Recorder:
         return result
 
 
-def user(url: str, deadline: float, recorder: Recorder, seed: int) -> None:
+def user(url: str, deadline: float, recorder: Recorder, seed: int, think: tuple[float, float]) -> None:
     from gradio_client import Client, handle_file
 
     rng = random.Random(seed)
-    client = Client(url, verbose=False)
+    client = Client(url, verbose=False, download_files=False)
     while time.time() < deadline:
         action = rng.choices(["image", "sentence", "generate"], weights=[0.4, 0.4, 0.2])[0]
         if action == "image":
@@ -99,13 +111,13 @@ def user(url: str, deadline: float, recorder: Recorder, seed: int) -> None:
         else:
             recorder.timed("generate", lambda: client.predict("shakespeare", "ROMEO:\n", 60, 0.8, 0, 1.0, rng.randint(0, 999),
                                                               False, api_name="/generate"))
-        time.sleep(rng.uniform(0.5, 1.5))
+        time.sleep(rng.uniform(*think))
 
 
 def trainer(url: str, deadline: float, recorder: Recorder, owner: str, upload: Path, budget: int) -> None:
     from gradio_client import Client, handle_file
 
-    client = Client(url, verbose=False)
+    client = Client(url, verbose=False, download_files=False)
     settings = ["cifar10", "finetune", "auto", "probe", "scratch", budget, 60, 0.2, 64, 0.25, 16, False, 0]
     while time.time() < deadline - budget:
         if recorder.timed("finetune_start", lambda: client.predict(owner, "Images", [handle_file(str(upload))], *settings,
@@ -119,6 +131,24 @@ def trainer(url: str, deadline: float, recorder: Recorder, owner: str, upload: P
                         recorder.jobs_done += 1
                 break
             time.sleep(1.0)
+
+
+def warm_up(url: str) -> None:
+    """One request per endpoint (the app loads its models in the background at start; this waits for them)."""
+    from gradio_client import Client, handle_file
+
+    client = Client(url, verbose=False, download_files=False)
+    client.predict("cifar10", handle_file(str(PHOTOS[0])), None, "photo", api_name="/classify")
+    client.predict("sst2", SENTENCES[0], api_name="/classify_text")
+    client.predict("shakespeare", "ROMEO:\n", 20, 0.8, 0, 1.0, 0, False, api_name="/generate")
+
+
+def temp_entries() -> set[str]:
+    """minilab's and Gradio's folders in the temporary directory."""
+    root = Path(tempfile.gettempdir())
+    names = {p.name for p in root.glob("minilab-*") if not p.name.startswith("minilab-load-")}
+    gradio = root / "gradio"
+    return names | ({f"gradio/{p.name}" for p in gradio.iterdir()} if gradio.is_dir() else set())
 
 
 def percentiles(values: list[float]) -> dict:
@@ -136,9 +166,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--job-budget", type=int, default=15, help="training seconds of each fine-tune job")
     parser.add_argument("--max-jobs", type=int, default=2, help="MINILAB_MAX_JOBS for the app (jobs run at once)")
+    parser.add_argument("--think", default="0.5,1.5", help="seconds a user waits between requests: MIN,MAX (uniform)")
     args = parser.parse_args()
     if not 1 <= args.users <= 200 or not 0 <= args.trainers <= 20 or not 5 <= args.seconds <= 3600:
         sys.exit("users 1-200, trainers 0-20, seconds 5-3600")
+    try:
+        think = tuple(float(v) for v in args.think.split(","))
+        assert len(think) == 2 and 0 <= think[0] <= think[1] <= 60
+    except (ValueError, AssertionError):
+        sys.exit("--think takes MIN,MAX seconds, for example 0.5,1.5")
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     env = dict(os.environ, MINILAB_OFFLINE="1", MINILAB_MAX_JOBS=str(args.max_jobs))
@@ -155,8 +191,10 @@ def main() -> None:
                 time.sleep(0.5)
         else:
             sys.exit(f"the app did not start: see {log.name}")
-        time.sleep(5)  # the warm-up load of the default model
         upload = shapes_zip(tmp / "shapes.zip")
+        warm_up(url)
+        before = temp_entries()
+        cpu_before = (cpu_seconds(app.pid), cpu_seconds(os.getpid()))
         start = time.time()
         deadline = start + args.seconds
         stop = threading.Event()
@@ -169,12 +207,17 @@ def main() -> None:
         threads = [threading.Thread(target=sample_memory, daemon=True)]
         threads += [threading.Thread(target=trainer, args=(url, deadline, recorder, f"{i:032x}", upload, args.job_budget), daemon=True)
                     for i in range(args.trainers)]
-        threads += [threading.Thread(target=user, args=(url, deadline, recorder, i), daemon=True) for i in range(args.users)]
+        threads += [threading.Thread(target=user, args=(url, deadline, recorder, i, think), daemon=True)
+                    for i in range(args.users)]
         for thread in threads:
             thread.start()
         for thread in threads[1:]:
             thread.join(args.seconds + 300)
         stop.set()
+        cpu_used = (cpu_seconds(app.pid) - cpu_before[0], cpu_seconds(os.getpid()) - cpu_before[1])
+        wall = time.time() - start
+        time.sleep(2)  # the last job's clean-up
+        after = temp_entries()
     finally:
         app.terminate()
         app.wait(timeout=30)
@@ -183,11 +226,13 @@ def main() -> None:
     served = sum(len(v) for v in recorder.latencies.values())
     failed = sum(len(v) for v in recorder.errors.values())
     result = {
-        "benchmark": "load", "users": args.users, "trainers": args.trainers, "seconds": args.seconds,
+        "benchmark": "load", "users": args.users, "trainers": args.trainers, "seconds": args.seconds, "think_s": list(think),
         "max_jobs": args.max_jobs, "requests_served": served, "errors": failed,
         "error_examples": {k: v[:3] for k, v in recorder.errors.items()},
         "latency_s": {k: percentiles(v) for k, v in sorted(recorder.latencies.items())},
         "jobs_completed": recorder.jobs_done,
+        "cpu_cores_busy": {"app": round(cpu_used[0] / wall, 2), "simulated_users": round(cpu_used[1] / wall, 2)},
+        "temp_entries_added": len(after - before), "job_folders_left": sum(name.startswith("minilab-job-") for name in after - before),
         "memory_mb": {"peak": max(rss, default=0), "first_third_mean": round(float(np.mean(rss[:third])), 1) if rss else None,
                       "last_third_mean": round(float(np.mean(rss[-third:])), 1) if rss else None},
     }

@@ -50,11 +50,24 @@ def _image_from(photo, sketch, source: str):
     return photo
 
 
+def inside_pictures(classifier, tensor) -> tuple:
+    """ConvNetJS-style look inside: what the network sees, its first filters, and activation maps per stage.
+    Only minilab's own networks have stages to show; hub models get nothing here."""
+    from engine.vision.classify import ShippedClassifier
+    from engine.vision.explain import first_layer_filters, stage_activations
+
+    if not isinstance(classifier, ShippedClassifier):
+        return None, None, []
+    seen = classifier.show_input(tensor).resize((128, 128))
+    return seen, first_layer_filters(classifier.model), stage_activations(classifier.model, tensor)
+
+
 @friendly_errors
-def classify(model_name: str, photo, sketch, source: str, request: gr.Request):
-    """Top-5, Grad-CAM, timing and the look-inside pictures for one image."""
+def classify(model_name: str, photo, sketch, source: str, inside_open: bool = False, request: gr.Request = None):
+    """Top-5, Grad-CAM and timing for one image; the look-inside pictures too when their panel is open
+    (they cost as much again, so a closed panel skips them)."""
     from engine.vision.classify import ShippedClassifier  # torch loads on first use, not at start-up
-    from engine.vision.explain import first_layer_filters, grad_cam, overlay, square_view, stage_activations
+    from engine.vision.explain import grad_cam, overlay, square_view
 
     classifier = default_registry().get(model_name, session_key(request))
     image = _image_from(photo, sketch, source)
@@ -64,16 +77,22 @@ def classify(model_name: str, photo, sketch, source: str, request: gr.Request):
         gr.Info("mnist expects one dark digit on a light background (or the reverse); other photos give guesses.")
     result = classifier.classify(image)
     heat = grad_cam(classifier, result["input"], result["class_index"])
-    if isinstance(classifier, ShippedClassifier):
-        seen = classifier.show_input(result["input"])
-        backdrop = seen if classifier.input_kind == "digit" else square_view(image)
-        filters = first_layer_filters(classifier.model)
-        activations = stage_activations(classifier.model, result["input"])
-        seen = seen.resize((128, 128))
-    else:
-        backdrop, seen, filters, activations = square_view(image), None, None, []
+    digit = isinstance(classifier, ShippedClassifier) and classifier.input_kind == "digit"
+    backdrop = classifier.show_input(result["input"]) if digit else square_view(image)
+    inside = inside_pictures(classifier, result["input"]) if inside_open else (None, None, [])
     timing = f"**{result['ms']:.1f} ms** on {classifier.device} (preprocessing + forward pass)"
-    return result["top"], overlay(backdrop, heat), timing, seen, filters, activations
+    return result["top"], overlay(backdrop, heat), timing, *inside
+
+
+@friendly_errors
+def look_inside(model_name: str, photo, sketch, source: str, request: gr.Request):
+    """The look-inside pictures for the current image, when the panel opens."""
+    try:
+        image = _image_from(photo, sketch, source)
+    except UserError:  # nothing to look at yet: an empty panel, not an error
+        return None, None, []
+    classifier = default_registry().get(model_name, session_key(request))
+    return inside_pictures(classifier, classifier.prepare(image))
 
 
 @friendly_errors
@@ -148,7 +167,8 @@ def build() -> dict:
             labels = gr.Label(num_top_classes=5, label="Top 5", elem_id="top5")
             timing = gr.Markdown()
             cam = gr.Image(label="Grad-CAM: where the evidence for the top class is", type="pil", height=256, interactive=False)
-            with gr.Accordion("Look inside the network", open=False):
+            inside_open = gr.State(False)
+            with gr.Accordion("Look inside the network", open=False) as inside:
                 seen = gr.Image(label="What the network sees (after preprocessing)", type="pil", height=140, interactive=False)
                 filters = gr.Image(label="First layer's filters", type="pil", interactive=False)
                 activations = gr.Gallery(label="Activation maps per stage (strongest channels)", columns=1, height="auto")
@@ -168,8 +188,11 @@ def build() -> dict:
                              gr.Dropdown(value="mnist") if s == "draw" else gr.Dropdown()),
                   inputs=source, outputs=[photo, sketch, model], api_name=False)
     outputs = [labels, cam, timing, seen, filters, activations]
-    run.click(classify, inputs=[model, photo, sketch, source], outputs=outputs, api_name="classify")
-    photo.upload(classify, inputs=[model, photo, sketch, source], outputs=outputs, api_name=False)
+    run.click(classify, inputs=[model, photo, sketch, source, inside_open], outputs=outputs, api_name="classify")
+    photo.upload(classify, inputs=[model, photo, sketch, source, inside_open], outputs=outputs, api_name=False)
+    inside.expand(lambda: True, outputs=inside_open, api_name=False, queue=False).then(
+        look_inside, inputs=[model, photo, sketch, source], outputs=[seen, filters, activations], api_name="look_inside")
+    inside.collapse(lambda: False, outputs=inside_open, api_name=False, queue=False)
     model.change(describe_model, inputs=model, outputs=about, api_name="describe_model")
     batch_run.click(classify_batch, inputs=[model, files], outputs=[table, csv_file], api_name="classify_batch")
     hub_add.click(add_hub_model, inputs=hub_id, outputs=model, api_name=False)

@@ -266,7 +266,7 @@ def build() -> dict:
     sentiment_model.change(describe_model, inputs=sentiment_model, outputs=sentiment_about, api_name=False)
     lm_model.change(describe_model, inputs=lm_model, outputs=lm_about, api_name=False)
     generate_button.click(generate_stream, inputs=[lm_model, prompt, max_new, temperature, top_k, top_p, seed, colour],
-                          outputs=[output, coloured, status], api_name="generate", concurrency_limit=4)
+                          outputs=[output, coloured, status], api_name="generate", concurrency_limit=1)
     stop_button.click(stop_generation, outputs=status, api_name="stop_generation", concurrency_limit=None)
     hub_add.click(add_hub_model_to_list, inputs=[hub_id, hub_task], outputs=[sentiment_model, lm_model], api_name=False)
     return {"sentiment_model": sentiment_model, "lm_model": lm_model, "refresh": refresh_models,

@@ -120,7 +120,7 @@ class JobRunner:
     """Runs training functions in background threads: a FIFO queue, a concurrency cap, cancel/pause/resume."""
 
     def __init__(self, max_concurrent: int = 1, time_limit_s: float | None = None, max_queued: int = 32,
-                 threads: int | None = None, keep_finished: int = 5):
+                 threads: int | None = None, keep_finished: int = 5, nice: int = 0):
         if max_concurrent < 1:
             raise UserError(f"max_concurrent must be at least 1, got {max_concurrent}.")
         if max_queued < 0:
@@ -132,6 +132,7 @@ class JobRunner:
         self.max_queued = max_queued
         self.threads = threads  # CPU threads each job's PyTorch may use (None: PyTorch's default, every core)
         self.keep_finished = keep_finished  # finished jobs kept per session; older ones (and their files) go
+        self.nice = nice  # scheduling priority of job threads (Linux nice, 0-19): training gets the CPU inference leaves
         self._cond = threading.Condition()  # guards everything below; notified on every state change
         self._jobs: dict[str, _Job] = {}  # every job not yet discarded, in submission order
         self._queue: list[_Job] = []  # waiting jobs, FIFO
@@ -296,6 +297,7 @@ class JobRunner:
                 import torch
 
                 torch.set_num_threads(self.threads)
+            lower_thread_priority(self.nice)
             workdir = Path(tempfile.mkdtemp(prefix="minilab-job-"))
             with self._cond:
                 job.workdir = workdir
@@ -338,6 +340,17 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
+def lower_thread_priority(nice: int) -> None:
+    """Make the calling thread (and the PyTorch worker threads it starts later) yield the CPU to the web server's
+    threads. On Linux a thread id passed to setpriority changes that thread alone; elsewhere this does nothing."""
+    if nice <= 0 or not hasattr(os, "setpriority") or not hasattr(threading, "get_native_id"):
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(19, nice))
+    except OSError:  # not allowed here: run at normal priority
+        pass
+
+
 # ---- one runner per process, configured from the environment ----------------------------------------
 
 _default: JobRunner | None = None
@@ -346,8 +359,9 @@ _default_lock = threading.Lock()
 
 def default_runner() -> JobRunner:
     """The process-wide runner, from MINILAB_MAX_JOBS (1), MINILAB_JOB_TIME_LIMIT (600 s; 0 means none),
-    MINILAB_MAX_QUEUED (32), MINILAB_JOB_THREADS (0: every core) and MINILAB_KEEP_JOBS (5 finished jobs kept
-    per browser). Created on first use, under a lock so two threads never make two."""
+    MINILAB_MAX_QUEUED (32), MINILAB_JOB_THREADS (0: every core), MINILAB_JOB_NICE (19: training threads
+    run at the lowest priority, so pages and predictions stay quick while a job trains) and MINILAB_KEEP_JOBS
+    (5 finished jobs kept per browser). Created on first use, under a lock so two threads never make two."""
     global _default
     with _default_lock:
         if _default is None:
@@ -356,7 +370,8 @@ def default_runner() -> JobRunner:
                                  time_limit_s=limit if limit > 0 else None,
                                  max_queued=_env_number("MINILAB_MAX_QUEUED", 32, int),
                                  threads=_env_number("MINILAB_JOB_THREADS", 0, int) or None,
-                                 keep_finished=_env_number("MINILAB_KEEP_JOBS", 5, int))
+                                 keep_finished=_env_number("MINILAB_KEEP_JOBS", 5, int),
+                                 nice=_env_number("MINILAB_JOB_NICE", 19, int))
         return _default
 
 

@@ -36,8 +36,11 @@ def test_classify_a_digit_photo(client, tmp_path):
     top, cam, timing, seen, filters, activations = client.predict("mnist", handle_file(str(path)), None, "photo", api_name="/classify")
     assert top["label"] == "7"
     assert len(top["confidences"]) == 5
-    assert "ms" in timing and cam and seen and filters
-    assert len(activations) == 4
+    assert "ms" in timing and cam
+    assert seen is None and filters is None and not activations  # the look-inside panel is closed: not computed
+    seen, filters, activations = client.predict("mnist", handle_file(str(path)), None, "photo", api_name="/look_inside")
+    assert seen and filters and len(activations) == 4
+    assert client.predict("mnist", None, None, "photo", api_name="/look_inside") == (None, None, [])  # no image yet: quietly empty
 
 
 def test_classify_the_drawing_pad(client, tmp_path):

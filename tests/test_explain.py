@@ -31,3 +31,32 @@ def test_look_inside_pictures(tiny_image_model):
     maps = stage_activations(classifier.model, result["input"])
     assert len(maps) == 4  # stem + 3 stages
     assert all(isinstance(picture, Image.Image) and caption for picture, caption in maps)
+
+
+def test_grad_cam_is_safe_while_other_threads_use_the_model(tiny_image_model):
+    """Many users share one loaded model: explanations in several threads at once, interleaved with plain
+    predictions and activation maps, give the same heatmaps as one at a time and never fail."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    classifier = ShippedClassifier(tiny_image_model)
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(6)]
+    inputs = [classifier.classify(image) for image in images]
+    alone = [grad_cam(classifier, r["input"], r["class_index"]) for r in inputs]
+
+    def explain(index: int):
+        result = inputs[index % len(inputs)]
+        if index % 3 == 0:
+            stage_activations(classifier.model, result["input"])
+            return None
+        if index % 3 == 1:
+            classifier.classify(images[index % len(images)])
+            return None
+        return index % len(inputs), grad_cam(classifier, result["input"], result["class_index"])
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        together = [r for r in pool.map(explain, range(120)) if r is not None]
+    assert len(together) == 40
+    for index, heat in together:
+        assert np.allclose(heat, alone[index], atol=1e-5)
+    assert all(p.grad is None for p in classifier.model.parameters())  # the shared weights were never written to

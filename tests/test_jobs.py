@@ -4,6 +4,7 @@ Jobs synchronise with the tests through threading.Events, so nothing depends on 
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -482,3 +483,19 @@ def test_old_finished_jobs_are_forgotten_with_their_files():
         runner.status(ids[0], "alice")
     assert len(runner.jobs("bob")) == 1
     runner.shutdown()
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="thread priorities are a Linux feature")
+def test_job_threads_run_at_low_priority_and_the_server_does_not(make_runner):
+    """Training yields the CPU to the web server: the job's own thread is niced, the caller's thread is not."""
+    def own_priority(ctx: JobContext):
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    runner = make_runner(nice=19)
+    job = runner.submit("a", own_priority)
+    assert runner.wait(job, "a", timeout=WAIT).result == 19
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
+    plain = make_runner(nice=0)
+    job = plain.submit("a", own_priority)
+    assert plain.wait(job, "a", timeout=WAIT).result == before

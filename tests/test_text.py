@@ -282,3 +282,29 @@ def test_sampling_settings_are_checked():
     for bad in (dict(max_new_tokens=0), dict(temperature=0), dict(top_p=0), dict(top_k=-1), dict(seed=-3)):
         with pytest.raises(UserError):
             SamplingSettings(**bad).validate()
+
+
+def test_one_character_step_matches_the_forward_pass():
+    """CharGPT.step (the streaming path) is the same maths as forward(): equal to a full forward pass within the
+    context, and equal to forward()'s own one-position cached path after the ring cache wraps around (from there
+    on, keys made with a longer context are kept, so a plain re-run of the last window differs, by design)."""
+    from engine.device import quantize_for_cpu
+
+    tokenizer = CharTokenizer.from_text(TEXT)
+    model = tiny_gpt(len(tokenizer.chars), block=8).eval()
+    ids = tokenizer.encode((TEXT * 3)[:30])
+    with torch.no_grad():
+        step_caches, forward_caches = [[] for _ in model.blocks], [[] for _ in model.blocks]
+        model(torch.tensor([ids[:3]]), caches=step_caches)
+        model(torch.tensor([ids[:3]]), caches=forward_caches)
+        for position in range(3, len(ids)):
+            stepped = model.step(ids[position], position, step_caches)
+            cached, _ = model(torch.tensor([[ids[position]]]), start=position, caches=forward_caches)
+            assert torch.allclose(stepped, cached[0, -1], atol=1e-6), position
+            if position < 8:
+                full, _ = model(torch.tensor([ids[: position + 1]]))
+                assert torch.allclose(stepped, full[0, -1], atol=1e-5), position
+        quantized = quantize_for_cpu(model)  # int8 Linear layers go through the same step
+        caches = [[] for _ in quantized.blocks]
+        quantized(torch.tensor([ids[:3]]), caches=caches)
+        assert quantized.step(ids[3], 3, caches).shape == (len(tokenizer.chars),)

@@ -8,7 +8,8 @@ Two choices differ from nanoGPT, both for fast streaming on a CPU:
   only on how far apart two characters are, so sampling can keep a *rolling* key-value cache of the last
   `block_size` characters and generate forever at a constant cost per character;
 - sampling keeps that key-value cache, a ring buffer of block_size slots per layer: each new character
-  costs one position through the network, not a full window, and no copying of the cache. `generate(..., use_cache=False)` is the plain re-run-the-window version; within the first
+  costs one position through the network (`CharGPT.step`, written with few tensor operations), not a full
+  window, and no copying of the cache. `generate(..., use_cache=False)` is the plain re-run-the-window version; within the first
   `block_size` characters the two agree exactly (a unit test checks it).
 """
 from __future__ import annotations
@@ -165,6 +166,36 @@ class CharGPT(nn.Module):
         return logits, loss
 
 
+    def step(self, token: int, position: int, caches: list[list]) -> torch.Tensor:
+        """Logits (vocab,) of the character after `token`, which sits at `position`; reads and extends the ring
+        caches that forward(..., caches=...) made for the prompt. The same maths as forward() for one position,
+        in as few tensor operations as possible: at one character per call, the fixed cost of each operation
+        (microseconds, whatever its size) matters as much as the arithmetic. The Linear layers are called as
+        modules, so a model whose Linear layers were quantized to int8 runs here too. Rotary embedding is one
+        complex product: (x_even + i x_odd) * (cos + i sin)."""
+        C, H, block = self.config.n_embd, self.config.n_head, self.config.block_size
+        D = C // H
+        cos, sin = self.rotary(position, 1, self.embed.weight.device)
+        rotation = torch.complex(cos[0], sin[0])  # (D/2,)
+        x = self.embed.weight[token].unsqueeze(0)  # (1, C)
+        layers = self.__dict__.get("_step_layers")
+        if layers is None or layers[0][2] is not self.blocks[0].attn.qkv:  # once per model (again if its layers were swapped,
+            # as quantization does): attribute access through nn.Module costs too, dozens of times a character
+            layers = [(b.ln1.weight, b.ln1.bias, b.attn.qkv, b.attn.proj, b.ln2.weight, b.ln2.bias, *b.mlp[:3]) for b in self.blocks]
+            self.__dict__["_step_layers"] = layers
+        for (ln1_w, ln1_b, qkv_layer, proj, ln2_w, ln2_b, fc, gelu, out), cache in zip(layers, caches):
+            qkv = qkv_layer(F.layer_norm(x, (C,), ln1_w, ln1_b))[0]  # (3C,)
+            q, k = torch.view_as_real(torch.view_as_complex(qkv[: 2 * C].view(2 * H, D // 2, 2)) * rotation).view(2, H, D)
+            k_ring, v_ring, filled = cache  # (1, H, block, D) each
+            slot = filled % block
+            k_ring[0, :, slot], v_ring[0, :, slot] = k, qkv[2 * C :].view(H, D)
+            cache[2] = filled = filled + 1
+            n = min(filled, block)
+            y = F.scaled_dot_product_attention(q.view(1, H, 1, D), k_ring[:, :, :n], v_ring[:, :, :n])
+            x = x + proj(y.view(1, C))
+            x = x + out(gelu(fc(F.layer_norm(x, (C,), ln2_w, ln2_b))))
+        return self.head(F.layer_norm(x, (C,), self.ln_f.weight, self.ln_f.bias))[0]
+
     def rotary(self, start: int, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows start..start+length-1 of the cos/sin tables, computed once (and regrown when sampling runs long):
         recomputing them for every sampled character would cost more than the attention itself."""
@@ -221,20 +252,20 @@ def generate(model: CharGPT, tokenizer: CharTokenizer, prompt: str, max_new_char
     caches = [[] for _ in model.blocks] if use_cache else None
     context = ids[-block:]
     logits, _ = model(torch.tensor([context], device=device), caches=caches)
-    position = len(context)
+    last, position = logits[0, -1], len(context)
     for _ in range(int(max_new_chars)):
         if should_stop():
             return
-        last = logits[0, -1]
         probs = filter_logits(last, temperature, top_k, top_p).cpu()
         next_id = int(torch.multinomial(probs, 1, generator=generator))
         yield tokenizer.chars[next_id], float(F.softmax(last.float(), dim=-1)[next_id])
         ids.append(next_id)
         if use_cache:
-            logits, _ = model(torch.tensor([[next_id]], device=device), start=position, caches=caches)
+            last = model.step(next_id, position, caches)
             position += 1
         else:
             logits, _ = model(torch.tensor([ids[-block:]], device=device))
+            last = logits[0, -1]
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -6,6 +6,8 @@ transformers) get a smoothed input-gradient saliency map instead.
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -16,36 +18,52 @@ from engine.images import load_image
 from engine.vision.classify import ImageClassifier
 
 
+# Several users may explain images with the same model at once (each request is a thread). So Grad-CAM never
+# changes the shared model while it runs: one forward hook per layer, added once and never removed, keeps a
+# layer's output only for the thread that asked for it, and gradients come from torch.autograd.grad, which
+# writes nothing into the parameters' .grad.
+_capture = threading.local()
+_hook_lock = threading.Lock()
+
+
+def _keep_for_asking_thread(module, _inputs, output) -> None:
+    if getattr(_capture, "layer", None) is module:
+        _capture.maps = output[0] if isinstance(output, tuple) else output
+
+
+def _ensure_capture_hook(layer: torch.nn.Module) -> None:
+    with _hook_lock:
+        if not getattr(layer, "_minilab_capture_hook", False):
+            layer.register_forward_hook(_keep_for_asking_thread)
+            layer._minilab_capture_hook = True
+
+
 def grad_cam(classifier: ImageClassifier, tensor: torch.Tensor, class_index: int) -> np.ndarray:
     """Heatmap in [0, 1] with the input's height and width, for one prepared image tensor (C, H, W)."""
     x = tensor.unsqueeze(0).to(classifier.device).requires_grad_(True)
     layer = classifier.gradcam_layer
-    captured: dict[str, torch.Tensor] = {}
-
-    def keep(_module, _inputs, output):
-        output = output[0] if isinstance(output, tuple) else output
-        output.retain_grad()
-        captured["maps"] = output
-
-    handle = layer.register_forward_hook(keep) if layer is not None else None
+    if layer is not None:
+        _ensure_capture_hook(layer)
+    _capture.layer, _capture.maps = layer, None
     try:
         with torch.enable_grad():
             score = classifier.single_view_logits(x)[0, class_index]  # one view, so the hook sees the maps we explain
-            classifier.model.zero_grad(set_to_none=True)
-            score.backward()
+            maps = _capture.maps
+            if maps is not None and maps.dim() == 4 and maps.requires_grad:
+                (grad,) = torch.autograd.grad(score, maps)
+            else:
+                maps, grad = None, torch.autograd.grad(score, x)[0]
     finally:
-        if handle is not None:
-            handle.remove()
-    maps = captured.get("maps")
-    if maps is not None and maps.grad is not None and maps.dim() == 4:
-        weights = maps.grad.mean(dim=(2, 3), keepdim=True)
+        _capture.layer, _capture.maps = None, None
+    if maps is not None:
+        weights = grad.mean(dim=(2, 3), keepdim=True)
         cam = F.relu((weights * maps).sum(1, keepdim=True)).detach()
         if float(cam.max()) <= 0:  # nothing pushes towards the class: show where anything does
             cam = (weights.abs() * maps).sum(1, keepdim=True).abs().detach()
     else:
-        cam = x.grad.abs().amax(1, keepdim=True)
+        cam = grad.abs().amax(1, keepdim=True)
         cam = F.avg_pool2d(cam, 9, stride=1, padding=4)
-    cam = F.interpolate(cam, size=tensor.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+    cam = F.interpolate(cam.float(), size=tensor.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
     cam = cam - cam.min()
     return (cam / cam.max().clamp_min(1e-8)).detach().cpu().numpy()
 
