@@ -168,8 +168,8 @@ def main() -> None:
     parser.add_argument("--max-jobs", type=int, default=2, help="MINILAB_MAX_JOBS for the app (jobs run at once)")
     parser.add_argument("--think", default="0.5,1.5", help="seconds a user waits between requests: MIN,MAX (uniform)")
     args = parser.parse_args()
-    if not 1 <= args.users <= 200 or not 0 <= args.trainers <= 20 or not 5 <= args.seconds <= 3600:
-        sys.exit("users 1-200, trainers 0-20, seconds 5-3600")
+    if not 0 <= args.users <= 200 or not 0 <= args.trainers <= 20 or not 5 <= args.seconds <= 3600:
+        sys.exit("users 0-200, trainers 0-20, seconds 5-3600")
     try:
         think = tuple(float(v) for v in args.think.split(","))
         assert len(think) == 2 and 0 <= think[0] <= think[1] <= 60
@@ -234,12 +234,14 @@ def main() -> None:
         "cpu_cores_busy": {"app": round(cpu_used[0] / wall, 2), "simulated_users": round(cpu_used[1] / wall, 2)},
         "temp_entries_added": len(after - before), "job_folders_left": sum(name.startswith("minilab-job-") for name in after - before),
         "memory_mb": {"peak": max(rss, default=0), "first_third_mean": round(float(np.mean(rss[:third])), 1) if rss else None,
-                      "last_third_mean": round(float(np.mean(rss[-third:])), 1) if rss else None},
+                      "last_third_mean": round(float(np.mean(rss[-third:])), 1) if rss else None,
+                      "by_minute": [round(float(np.mean([m for t, m in memory if minute * 60 <= t < minute * 60 + 60])), 1)
+                                    for minute in range(int(max((t for t, _ in memory), default=0) // 60) + 1)]},
     }
     image, sentence = result["latency_s"].get("image", {}), result["latency_s"].get("sentence", {})
-    result["targets"] = {"no_failed_request": failed == 0,
-                         "image_p95_under_1_s": image.get("p95", 99) < 1.0,
-                         "sentence_p95_under_0.5_s": sentence.get("p95", 99) < 0.5}
+    result["targets"] = {"no_failed_request": failed == 0,  # None: that endpoint was not driven in this run
+                         "image_p95_under_1_s": image["p95"] < 1.0 if "p95" in image else None,
+                         "sentence_p95_under_0.5_s": sentence["p95"] < 0.5 if "p95" in sentence else None}
     print(json.dumps(result))
 
 

@@ -224,6 +224,7 @@ def _register(job, owner: str, request: gr.Request | None) -> str:
     name = job.result["name"]
     registry = default_registry()
     for session in {owner, session_key(request)} - {None}:
+        registry.forget_missing(session)
         if name not in [e.name for e in registry.list(_task(job.result["kind"]), session)]:
             registry.add(model_entry_for_folder(Path(job.result["folder"]), name, "session", session=session))
     return name

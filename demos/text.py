@@ -26,7 +26,8 @@ SENTIMENT_EXAMPLES = [
 ]
 PROMPT_EXAMPLES = ["ROMEO:\n", "First Citizen:\nWhat say you to the", "KING HENRY:\nO God of battles,", "To be, or not"]
 
-# One stop flag per browser session: the Stop button sets it, the sampling loop checks it before every character.
+# One stop flag per browser session while it generates: the Stop button sets it, the sampling loop checks it
+# before every character. A flag lives only as long as its generation, so the dict does not grow with visitors.
 _stop_flags: dict[str, threading.Event] = {}
 _stop_lock = threading.Lock()
 
@@ -34,6 +35,12 @@ _stop_lock = threading.Lock()
 def stop_flag(session: str | None) -> threading.Event:
     with _stop_lock:
         return _stop_flags.setdefault(session or "anonymous", threading.Event())
+
+
+def _drop_stop_flag(session: str | None, flag: threading.Event) -> None:
+    with _stop_lock:
+        if _stop_flags.get(session or "anonymous") is flag:
+            del _stop_flags[session or "anonymous"]
 
 
 def choices(tasks: tuple[str, ...], session: str | None) -> list[tuple[str, str]]:
@@ -160,21 +167,27 @@ def generate_stream(model_name: str, prompt: str, max_new: float, temperature: f
     flag = stop_flag(session)
     flag.clear()
     text, pieces, last_push, started = "", [], 0.0, time.perf_counter()
-    for piece, probability in lm.stream(prompt, settings, should_stop=flag.is_set):
-        text += piece
-        if colour:
-            pieces.append((piece, round(1 - 2 * probability, 3)))  # a surprise (low probability) shows red
-        now = time.perf_counter()
-        if now - last_push >= STREAM_EVERY_S:
-            last_push = now
-            yield prompt + text, pieces if colour else None, f"{len(text)} {lm.kind} · {len(text) / (now - started):.0f}/s"
+    try:
+        for piece, probability in lm.stream(prompt, settings, should_stop=flag.is_set):
+            text += piece
+            if colour:
+                pieces.append((piece, round(1 - 2 * probability, 3)))  # a surprise (low probability) shows red
+            now = time.perf_counter()
+            if now - last_push >= STREAM_EVERY_S:
+                last_push = now
+                yield prompt + text, pieces if colour else None, f"{len(text)} {lm.kind} · {len(text) / (now - started):.0f}/s"
+    finally:
+        _drop_stop_flag(session, flag)
     seconds = time.perf_counter() - started
     how = "stopped" if flag.is_set() else "done"
     yield prompt + text, pieces if colour else None, f"{how}: {len(text)} {lm.kind} in {seconds:.1f} s ({len(text) / max(seconds, 1e-6):.0f}/s)"
 
 
 def stop_generation(request: gr.Request) -> str:
-    stop_flag(session_key(request)).set()
+    with _stop_lock:
+        flag = _stop_flags.get(session_key(request) or "anonymous")
+    if flag is not None:  # nothing is generating otherwise
+        flag.set()
     return "stopping…"
 
 

@@ -108,6 +108,15 @@ class Registry:
                 self.entries.pop(key)
                 self.cache.pop(key, None)
 
+    def forget_missing(self, session: str) -> None:
+        """Forget a session's models whose folder was deleted (the job runner keeps only a session's newest
+        jobs), so that lists offer no dead names and their loaded copies free their memory."""
+        with self.lock:
+            for key, entry in list(self.entries.items()):
+                if key[0] == session and entry.folder is not None and not entry.folder.is_dir():
+                    self.entries.pop(key)
+                    self.cache.pop(key, None)
+
     def list(self, task: str, session: str | None = None) -> list[ModelEntry]:
         with self.lock:
             return [e for (owner, _), e in self.entries.items() if e.task == task and owner in (None, session)]

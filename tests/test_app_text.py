@@ -65,3 +65,25 @@ def test_generation_with_unseen_characters_and_bad_settings(client):  # noqa: F8
         client.predict("shakespeare", "ROMEO", 20, 0.0, 0, 1.0, 0, False, api_name="/generate")
     with pytest.raises(AppError, match="Pick a model"):
         client.predict(None, "ROMEO", 20, 0.8, 0, 1.0, 0, False, api_name="/generate")
+
+
+def test_a_stop_flag_lives_only_while_its_generation_runs():
+    """One flag per generating session, removed when it ends (finished or abandoned): the dict of flags does not
+    grow with every visitor of a long-running Space, and Stop with nothing running creates nothing."""
+    from types import SimpleNamespace
+
+    from demos import text
+
+    request = SimpleNamespace(session_hash="flag-test")
+    text.stop_generation(request)
+    assert "flag-test" not in text._stop_flags
+    stream = text.generate_stream("shakespeare", "ROMEO:\n", 200, 0.8, 0, 1.0, 0, False, request)
+    next(stream)
+    assert "flag-test" in text._stop_flags
+    text.stop_generation(request)
+    *_, (_, _, status) = stream
+    assert status.startswith("stopped") and "flag-test" not in text._stop_flags
+    abandoned = text.generate_stream("shakespeare", "ROMEO:\n", 200, 0.8, 0, 1.0, 0, False, request)
+    next(abandoned)
+    abandoned.close()  # the browser went away mid-stream
+    assert "flag-test" not in text._stop_flags

@@ -89,6 +89,22 @@ def test_session_models_are_private():
     assert registry.list("t", "alice") == []
 
 
+def test_a_session_model_whose_folder_was_deleted_is_forgotten(tmp_path):
+    registry = Registry()
+    kept, pruned = tmp_path / "kept", tmp_path / "pruned"
+    kept.mkdir(), pruned.mkdir()
+    for name, folder in (("kept", kept), ("pruned", pruned)):
+        registry.add(ModelEntry(name=name, task="t", source="session", description="", load=lambda: object(),
+                                session="alice", folder=folder))
+    registry.get("pruned", "alice")  # loaded: its memory must be freed too
+    pruned.rmdir()
+    registry.forget_missing("bob")  # another session's call touches nothing of alice's
+    assert [e.name for e in registry.list("t", "alice")] == ["kept", "pruned"]
+    registry.forget_missing("alice")
+    assert [e.name for e in registry.list("t", "alice")] == ["kept"]
+    assert registry.loaded() == []
+
+
 def test_transformers_image_classifier_loads_from_local_folder(tmp_path):
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 

@@ -57,6 +57,7 @@ class ImageFinetuneConfig:
     max_shift: float = 0.1
     max_rotate: float = 15.0
     max_scale: float = 0.15
+    cutout: float = 0.25  # a random square this fraction of the side is blanked in each training image (0 = off)
     seed: int = 0
 
     def validate(self) -> "ImageFinetuneConfig":
@@ -304,7 +305,8 @@ def finetune_images(paths: list[str | Path], config: ImageFinetuneConfig, workdi
             epochs=epochs, batch_size=min(config.batch_size, len(x_train)), lr=config.lr, weight_decay=config.weight_decay,
             label_smoothing=config.label_smoothing, ema_decay=0.98, tta_flip=config.flip, seed=config.seed,
             time_budget=budget, schedule_by_time=True,
-            augment=Augment(flip=config.flip, max_shift=config.max_shift, max_rotate=config.max_rotate, max_scale=config.max_scale))
+            augment=Augment(flip=config.flip, max_shift=config.max_shift, max_rotate=config.max_rotate, max_scale=config.max_scale,
+                            cutout=config.cutout))
         model, fit = fit_classifier(model, x_train, y_train, x_val, y_val, train_config, on_progress, should_stop)
     model.eval()
     result = validation_report(model, x_val, y_val, data.classes, config.flip, shift)
