@@ -304,7 +304,11 @@ def test_one_character_step_matches_the_forward_pass():
             if position < 8:
                 full, _ = model(torch.tensor([ids[: position + 1]]))
                 assert torch.allclose(stepped, full[0, -1], atol=1e-5), position
-        quantized = quantize_for_cpu(model)  # int8 Linear layers go through the same step
-        caches = [[] for _ in quantized.blocks]
-        quantized(torch.tensor([ids[:3]]), caches=caches)
-        assert quantized.step(ids[3], 3, caches).shape == (len(tokenizer.chars),)
+        quantized = quantize_for_cpu(model)  # step calls the int8 operator directly: the same numbers as the modules
+        step_caches, forward_caches = [[] for _ in quantized.blocks], [[] for _ in quantized.blocks]
+        quantized(torch.tensor([ids[:3]]), caches=step_caches)
+        quantized(torch.tensor([ids[:3]]), caches=forward_caches)
+        for position in range(3, len(ids)):
+            stepped = quantized.step(ids[position], position, step_caches)
+            cached, _ = quantized(torch.tensor([[ids[position]]]), start=position, caches=forward_caches)
+            assert stepped.shape == (len(tokenizer.chars),) and torch.allclose(stepped, cached[0, -1], atol=1e-5), position

@@ -14,6 +14,7 @@ Two choices differ from nanoGPT, both for fast streaming on a CPU:
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -103,16 +104,17 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache:  # one new position: write it over the oldest slot of the ring, attend to every filled slot
-            k_ring, v_ring, filled = cache
+            k_ring, v_ring, filled = cache[:3]
             slot = filled % self.block_size
             k_ring[:, :, slot], v_ring[:, :, slot] = k[:, :, 0], v[:, :, 0]
             cache[2] = filled = filled + 1
             k, v = k_ring[:, :, :min(filled, self.block_size)], v_ring[:, :, :min(filled, self.block_size)]
         elif cache is not None:  # the prompt: keep its last block_size keys and values in a ring buffer
             keep = min(T, self.block_size)
-            k_ring, v_ring = (k.new_zeros(B, self.n_head, self.block_size, C // self.n_head) for _ in range(2))
+            kv_ring = k.new_zeros(2, B, self.n_head, self.block_size, C // self.n_head)  # keys, values: one buffer
+            k_ring, v_ring = kv_ring[0], kv_ring[1]
             k_ring[:, :, :keep], v_ring[:, :, :keep] = k[:, :, -keep:], v[:, :, -keep:]
-            cache[:] = [k_ring, v_ring, keep]
+            cache[:] = [k_ring, v_ring, keep, kv_ring]
         # Keys carry their rotary positions, so attention does not care in which order the ring holds them.
         causal = T > 1  # a single query position may see every cached key
         y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=self.dropout if self.training else 0.0)
@@ -178,23 +180,24 @@ class CharGPT(nn.Module):
         cos, sin = self.rotary(position, 1, self.embed.weight.device)
         rotation = torch.complex(cos[0], sin[0])  # (D/2,)
         x = self.embed.weight[token].unsqueeze(0)  # (1, C)
-        layers = self.__dict__.get("_step_layers")
-        if layers is None or layers[0][2] is not self.blocks[0].attn.qkv:  # once per model (again if its layers were swapped,
-            # as quantization does): attribute access through nn.Module costs too, dozens of times a character
-            layers = [(b.ln1.weight, b.ln1.bias, b.attn.qkv, b.attn.proj, b.ln2.weight, b.ln2.bias, *b.mlp[:3]) for b in self.blocks]
-            self.__dict__["_step_layers"] = layers
+        cached = self.__dict__.get("_step_layers")
+        if cached is None or cached[0] is not self.blocks[0].attn.qkv:  # once per model: attribute access through
+            # nn.Module costs too, dozens of times a character (rebuilt if the layers were swapped, as quantization does)
+            layers = [(b.ln1.weight, b.ln1.bias, direct_linear(b.attn.qkv), direct_linear(b.attn.proj), b.ln2.weight,
+                       b.ln2.bias, direct_linear(b.mlp[0]), b.mlp[1], direct_linear(b.mlp[2])) for b in self.blocks]
+            cached = self.__dict__["_step_layers"] = (self.blocks[0].attn.qkv, layers, direct_linear(self.head))
+        _, layers, head = cached
         for (ln1_w, ln1_b, qkv_layer, proj, ln2_w, ln2_b, fc, gelu, out), cache in zip(layers, caches):
-            qkv = qkv_layer(F.layer_norm(x, (C,), ln1_w, ln1_b))[0]  # (3C,)
-            q, k = torch.view_as_real(torch.view_as_complex(qkv[: 2 * C].view(2 * H, D // 2, 2)) * rotation).view(2, H, D)
-            k_ring, v_ring, filled = cache  # (1, H, block, D) each
-            slot = filled % block
-            k_ring[0, :, slot], v_ring[0, :, slot] = k, qkv[2 * C :].view(H, D)
+            qkv = qkv_layer(F.layer_norm(x, (C,), ln1_w, ln1_b))[0]  # (3C,): q, k, v
+            torch.view_as_complex(qkv[: 2 * C].view(2 * H, D // 2, 2)).mul_(rotation)  # rotate q and k in place
+            k_ring, v_ring, filled, kv_ring = cache  # k_ring, v_ring: (1, H, block, D) views of kv_ring
+            kv_ring[:, 0, :, filled % block] = qkv[C:].view(2, H, D)  # this position's key and value, at once
             cache[2] = filled = filled + 1
             n = min(filled, block)
-            y = F.scaled_dot_product_attention(q.view(1, H, 1, D), k_ring[:, :, :n], v_ring[:, :, :n])
+            y = F.scaled_dot_product_attention(qkv[:C].view(1, H, 1, D), k_ring[:, :, :n], v_ring[:, :, :n])
             x = x + proj(y.view(1, C))
             x = x + out(gelu(fc(F.layer_norm(x, (C,), ln2_w, ln2_b))))
-        return self.head(F.layer_norm(x, (C,), self.ln_f.weight, self.ln_f.bias))[0]
+        return head(F.layer_norm(x, (C,), self.ln_f.weight, self.ln_f.bias))[0]
 
     def rotary(self, start: int, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows start..start+length-1 of the cos/sin tables, computed once (and regrown when sampling runs long):
@@ -221,6 +224,20 @@ def build_chargpt(arch_config: dict) -> CharGPT:
 
 # ----------------------------------------------------------------------------------------------------------
 # Sampling
+
+
+def direct_linear(layer: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The layer's maths without nn.Module's call machinery, which costs as much as the product itself for one
+    character: F.linear for a float layer; for a layer that dynamic quantization made int8, the same operator
+    its forward() calls. Anything else is called as it is."""
+    if type(layer) is nn.Linear:
+        return functools.partial(F.linear, weight=layer.weight, bias=layer.bias)
+    packed = getattr(getattr(layer, "_packed_params", None), "_packed_params", None)
+    if (type(layer) is torch.ao.nn.quantized.dynamic.Linear and layer._packed_params.dtype == torch.qint8
+            and (layer.version or 0) >= 4 and packed is not None):
+        operator = torch.ops.quantized.linear_dynamic.default
+        return lambda x: operator(x, packed, True)  # reduce_range=True, as forward() does at version 4
+    return layer
 
 
 def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
