@@ -182,6 +182,26 @@ def test_lora_adapter_round_trip_through_a_checkpoint(lora_model):
     assert abs(before - quantized).max() < 0.05
 
 
+def test_served_text_classifier_runs_as_a_checked_graph(lora_model):
+    """On the CPU a text classifier is served as a TorchScript graph (fewer trips through Python's lock under load):
+    the same probabilities as the eager model for batch sizes and lengths other than the traced ones, and a model
+    whose traced graph would compute something else is served eagerly instead."""
+    from engine.text.classify import load_text_classifier, trace_for_cpu
+
+    predictor = load_text_classifier(lora_model[2])
+    assert predictor.graph is not None
+    texts = ["ok", "a warm , funny and beautifully acted film", "terrible " * 300, "not bad at all , really not bad"]
+    traced = predictor.predict_proba(texts, batch_size=3)
+    predictor.graph = None
+    assert abs(traced - predictor.predict_proba(texts, batch_size=3)).max() < 1e-5
+
+    class LengthBranch(torch.nn.Module):  # Python control flow on a shape: tracing would freeze one branch
+        def forward(self, input_ids, attention_mask):
+            return input_ids[:, :2].float() * (2.0 if input_ids.shape[1] > 8 else 1.0)
+
+    assert trace_for_cpu(LengthBranch(), predictor.tokenizer) is None
+
+
 def test_explanation_and_truncation(lora_model):
     from engine.text.classify import MAX_EXPLAIN_WORDS, load_text_classifier
 
