@@ -37,6 +37,11 @@ def stop_flag(session: str | None) -> threading.Event:
         return _stop_flags.setdefault(session or "anonymous", threading.Event())
 
 
+def _running_flag(session: str | None) -> threading.Event | None:
+    with _stop_lock:
+        return _stop_flags.get(session or "anonymous")
+
+
 def _drop_stop_flag(session: str | None, flag: threading.Event) -> None:
     with _stop_lock:
         if _stop_flags.get(session or "anonymous") is flag:
@@ -184,8 +189,7 @@ def generate_stream(model_name: str, prompt: str, max_new: float, temperature: f
 
 
 def stop_generation(request: gr.Request) -> str:
-    with _stop_lock:
-        flag = _stop_flags.get(session_key(request) or "anonymous")
+    flag = _running_flag(session_key(request))
     if flag is not None:  # nothing is generating otherwise
         flag.set()
     return "stopping…"

@@ -304,6 +304,17 @@ def test_sampling_settings_are_checked():
             SamplingSettings(**bad).validate()
 
 
+def step_and_forward(model: CharGPT, ids: list[int]):
+    """(position, step's logits, forward()'s one-position cached logits) for each position after a 3-id prompt."""
+    step_caches, forward_caches = [[] for _ in model.blocks], [[] for _ in model.blocks]
+    model(torch.tensor([ids[:3]]), caches=step_caches)
+    model(torch.tensor([ids[:3]]), caches=forward_caches)
+    for position in range(3, len(ids)):
+        stepped = model.step(ids[position], position, step_caches)
+        cached, _ = model(torch.tensor([[ids[position]]]), start=position, caches=forward_caches)
+        yield position, stepped, cached[0, -1]
+
+
 def test_one_character_step_matches_the_forward_pass():
     """CharGPT.step (the streaming path) is the same maths as forward(): equal to a full forward pass within the
     context, and equal to forward()'s own one-position cached path after the ring cache wraps around (from there
@@ -314,21 +325,11 @@ def test_one_character_step_matches_the_forward_pass():
     model = tiny_gpt(len(tokenizer.chars), block=8).eval()
     ids = tokenizer.encode((TEXT * 3)[:30])
     with torch.no_grad():
-        step_caches, forward_caches = [[] for _ in model.blocks], [[] for _ in model.blocks]
-        model(torch.tensor([ids[:3]]), caches=step_caches)
-        model(torch.tensor([ids[:3]]), caches=forward_caches)
-        for position in range(3, len(ids)):
-            stepped = model.step(ids[position], position, step_caches)
-            cached, _ = model(torch.tensor([[ids[position]]]), start=position, caches=forward_caches)
-            assert torch.allclose(stepped, cached[0, -1], atol=1e-6), position
+        for position, stepped, cached in step_and_forward(model, ids):
+            assert torch.allclose(stepped, cached, atol=1e-6), position
             if position < 8:
                 full, _ = model(torch.tensor([ids[: position + 1]]))
                 assert torch.allclose(stepped, full[0, -1], atol=1e-5), position
         quantized = quantize_for_cpu(model)  # step calls the int8 operator directly: the same numbers as the modules
-        step_caches, forward_caches = [[] for _ in quantized.blocks], [[] for _ in quantized.blocks]
-        quantized(torch.tensor([ids[:3]]), caches=step_caches)
-        quantized(torch.tensor([ids[:3]]), caches=forward_caches)
-        for position in range(3, len(ids)):
-            stepped = quantized.step(ids[position], position, step_caches)
-            cached, _ = quantized(torch.tensor([[ids[position]]]), start=position, caches=forward_caches)
-            assert stepped.shape == (len(tokenizer.chars),) and torch.allclose(stepped, cached[0, -1], atol=1e-5), position
+        for position, stepped, cached in step_and_forward(quantized, ids):
+            assert stepped.shape == (len(tokenizer.chars),) and torch.allclose(stepped, cached, atol=1e-5), position

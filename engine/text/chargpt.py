@@ -172,9 +172,9 @@ class CharGPT(nn.Module):
         """Logits (vocab,) of the character after `token`, which sits at `position`; reads and extends the ring
         caches that forward(..., caches=...) made for the prompt. The same maths as forward() for one position,
         in as few tensor operations as possible: at one character per call, the fixed cost of each operation
-        (microseconds, whatever its size) matters as much as the arithmetic. The Linear layers are called as
-        modules, so a model whose Linear layers were quantized to int8 runs here too. Rotary embedding is one
-        complex product: (x_even + i x_odd) * (cos + i sin)."""
+        (microseconds, whatever its size) matters as much as the arithmetic. The Linear layers are called through
+        direct_linear (float or int8 alike), without nn.Module's call machinery. Rotary embedding is one complex
+        product, done in place: (x_even + i x_odd) * (cos + i sin)."""
         C, H, block = self.config.n_embd, self.config.n_head, self.config.block_size
         D = C // H
         cos, sin = self.rotary(position, 1, self.embed.weight.device)

@@ -124,6 +124,7 @@ class TextPredictor:
     """Texts in, class probabilities out; `explain` gives each word's push towards the predicted label."""
 
     labels: list[str]
+    graph: torch.jit.ScriptModule | None = None  # the same model as one TorchScript graph (see trace_for_cpu)
 
     def __init__(self, model: nn.Module, tokenizer, labels: list[str], name: str = "", max_tokens: int = MAX_TOKENS):
         self.model, self.tokenizer, self.labels, self.name, self.max_tokens = model.eval(), tokenizer, labels, name, max_tokens
@@ -131,8 +132,6 @@ class TextPredictor:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
-
-    graph: torch.jit.ScriptModule | None = None  # the same model as one TorchScript graph (see trace_for_cpu)
 
     def logits(self, batch: dict) -> torch.Tensor:
         if self.graph is not None:
@@ -214,8 +213,9 @@ def trace_for_cpu(model: nn.Module, tokenizer) -> torch.jit.ScriptModule | None:
 
 
 def load_text_classifier(folder: str | Path, device: torch.device | str = "cpu", name: str = "",
-                         quantize: bool | None = None) -> TextPredictor:
-    """A saved classifier ready to predict: adapters merged, and on the CPU int8-quantized unless quantize=False."""
+                         quantize: bool | None = None, trace: bool = True) -> TextPredictor:
+    """A saved classifier ready to predict: adapters merged, and on the CPU int8-quantized unless quantize=False
+    and run as a TorchScript graph unless trace=False (a one-off evaluation gains nothing from the graph)."""
     from transformers import AutoTokenizer
 
     from engine.checkpoints import load_model
@@ -229,7 +229,7 @@ def load_text_classifier(folder: str | Path, device: torch.device | str = "cpu",
         model.encoder = quantize_for_cpu(model.encoder)
     predictor = TextPredictor(model, tokenizer, card["labels"], name=name or card["name"],
                               max_tokens=card["preprocessing"].get("max_tokens", MAX_TOKENS))
-    if torch.device(device).type == "cpu":
+    if trace and torch.device(device).type == "cpu":
         predictor.graph = trace_for_cpu(model, tokenizer)
     return predictor
 

@@ -79,7 +79,7 @@ def encoder(name: str):
     with _encoders_lock:
         if name not in _encoders:
             if name == "sst2":
-                _encoders[name] = load_text_classifier(sst2_folder())
+                _encoders[name] = load_text_classifier(sst2_folder(), trace=False)  # only its features are used
             else:
                 from transformers import AutoTokenizer
 
@@ -246,7 +246,8 @@ def finetune_text_classifier(paths: list[str | Path], config: TextFinetuneConfig
                                   {"n_train": len(train_rows), "n_val": len(val_rows)}, training,
                                   f"an upload of {len(table.texts):,} labelled rows ({table.text_column} / {table.label_column})",
                                   command)
-    predictor = load_text_classifier(folder, device)  # exactly as the tabs will serve it (merged, int8 on a CPU)
+    # As the tabs will serve it (merged, int8 on a CPU); the tabs trace their own copy when they load it.
+    predictor = load_text_classifier(folder, device, trace=False)
     result = evaluate_predictor(predictor, val_texts, val_labels)
     probs = result["probabilities"]
     truth = np.array([classes.index(label) for label in val_labels])
