@@ -1,11 +1,17 @@
 """Fine-tune on upload, text classification: the issue's target, measured from the click.
 
-The upload: N labelled review sentences (default 600) drawn from SST-2's dev file (film reviews the shipped
-sst2 model never trained on), written as a CSV as a user would. The rest of the dev file (272 sentences)
-plus benchmarks/data/reviews.tsv (60 product, film and restaurant reviews written for minilab) are the
-unseen reviews. Default settings, reading the file included in the time.
+Two uploads, both written as a CSV as a user would, fine-tuned with default settings (reading the file
+included in the time):
+- `--upload reviews` (default): 1,000 of the 1,500 one-sentence product, film and restaurant reviews in
+  benchmarks/data/reviews_{products,films,restaurants}.tsv (written for minilab, 250 positive and 250
+  negative each), scored on the other 500. Written to be as hard as real review snippets: with
+  `--backbone minilm` (frozen MiniLM sentence vectors + logistic regression) this set should score about
+  what the issue quotes for its reviews (88.3%), which says the set is as hard as theirs;
+- `--upload sst2`: 600 SST-2 dev sentences (film reviews the shipped sst2 model never trained on), scored on
+  the other 272 dev sentences plus benchmarks/data/reviews.tsv (60 more reviews). Needs ../shared/data.
 
-    python benchmarks/finetune_text.py --threads 2          # prints one JSON line
+    python benchmarks/finetune_text.py --threads 2                       # prints one JSON line
+    python benchmarks/finetune_text.py --threads 2 --backbone minilm     # the frozen-MiniLM baseline
 """
 from __future__ import annotations
 
@@ -28,44 +34,74 @@ from engine.text.data import read_labelled_text  # noqa: E402
 from engine.text.finetune import TextFinetuneConfig, finetune_text_classifier  # noqa: E402
 from engine.vision.data import find_data_file  # noqa: E402
 
+REVIEW_FILES = [ROOT / "benchmarks" / "data" / f"reviews_{kind}.tsv" for kind in ("products", "films", "restaurants")]
+
+
+def reviews_upload(n_upload: int, seed: int) -> tuple[list, list, str]:
+    texts, labels = [], []
+    for path in REVIEW_FILES:
+        rows = read_labelled_text(path, sentiment=True)
+        texts += rows.texts
+        labels += rows.labels
+    order = np.random.default_rng(seed).permutation(len(texts))
+    upload = [(texts[i], labels[i]) for i in order[:n_upload]]
+    unseen = [(texts[i], labels[i]) for i in order[n_upload:]]
+    return upload, [("reviews", unseen)], f"{len(upload)} product, film and restaurant reviews (CSV)"
+
+
+def sst2_upload(n_upload: int, seed: int, data_dir: str | None) -> tuple[list, list, str]:
+    dev = read_labelled_text(find_data_file("sst2/dev.tsv", data_dir), sentiment=True)
+    order = np.random.default_rng(seed).permutation(len(dev.texts))
+    upload = [(dev.texts[i], dev.labels[i]) for i in order[:n_upload]]
+    unseen = [(dev.texts[i], dev.labels[i]) for i in order[n_upload:]]
+    reviews = read_labelled_text(ROOT / "benchmarks" / "data" / "reviews.tsv", sentiment=True)
+    return upload, [("sst2_dev", unseen), ("reviews_tsv", list(zip(reviews.texts, reviews.labels)))], \
+        f"{len(upload)} SST-2 dev sentences (CSV)"
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--n-upload", type=int, default=600)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--upload", choices=("reviews", "sst2"), default="reviews")
+    parser.add_argument("--n-upload", type=int, default=None, help="rows uploaded (default 1,000 reviews or 600 SST-2)")
+    parser.add_argument("--seed", type=int, default=0, help="which rows are uploaded")
     parser.add_argument("--strategy", default=None)
     parser.add_argument("--backbone", default=None)
+    parser.add_argument("--set", action="append", default=[], help="any TextFinetuneConfig field, as name=value")
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    dev = read_labelled_text(find_data_file("sst2/dev.tsv", args.data_dir), sentiment=True)
-    order = np.random.default_rng(args.seed).permutation(len(dev.texts))
-    upload, unseen = order[:args.n_upload], order[args.n_upload:]
-    reviews = read_labelled_text(ROOT / "benchmarks" / "data" / "reviews.tsv", sentiment=True)
+    if args.upload == "reviews":
+        upload, unseen_sets, described = reviews_upload(args.n_upload or 1000, args.seed)
+    else:
+        upload, unseen_sets, described = sst2_upload(args.n_upload or 600, args.seed, args.data_dir)
     config = TextFinetuneConfig()
     for name in ("strategy", "backbone"):
         if getattr(args, name) is not None:
             setattr(config, name, getattr(args, name))
+    for item in args.set:
+        name, value = item.split("=", 1)
+        setattr(config, name, type(getattr(config, name))(value))
+    scores = {}
     with tempfile.TemporaryDirectory(prefix="minilab-bench-") as tmp:
         path = Path(tmp) / "reviews.csv"
         with open(path, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(["text", "label"])
-            writer.writerows([dev.texts[i], dev.labels[i]] for i in upload)
+            writer.writerows(upload)
         started = time.perf_counter()
         result = finetune_text_classifier([path], config, Path(tmp) / "model")
         seconds = time.perf_counter() - started
         predictor = load_text_classifier(result["folder"])
-        held = evaluate_predictor(predictor, [dev.texts[i] for i in unseen], [dev.labels[i] for i in unseen])
-        other = evaluate_predictor(predictor, reviews.texts, reviews.labels)
-    n = held["n"] + other["n"]
-    accuracy = (held["accuracy"] * held["n"] + other["accuracy"] * other["n"]) / n
-    print(json.dumps({"benchmark": "finetune_text", "upload": f"{len(upload)} SST-2 dev sentences (CSV)", "threads": args.threads,
+        for name, rows in unseen_sets:
+            scores[name] = evaluate_predictor(predictor, [text for text, _ in rows], [label for _, label in rows])
+    n = sum(score["n"] for score in scores.values())
+    accuracy = sum(score["accuracy"] * score["n"] for score in scores.values()) / n
+    print(json.dumps({"benchmark": "finetune_text", "upload": described, "threads": args.threads, "seed": args.seed,
                       "strategy": config.strategy, "encoder": result["metrics"].get("encoder"),
                       "seconds_from_click": round(seconds, 1), "val_accuracy": result["metrics"]["val_accuracy"],
-                      "unseen_sst2_dev_accuracy": round(held["accuracy"], 4), "n_unseen_sst2": held["n"],
-                      "reviews_tsv_accuracy": round(other["accuracy"], 4), "n_reviews": other["n"],
+                      **{f"unseen_{name}_accuracy": round(score["accuracy"], 4) for name, score in scores.items()},
+                      **{f"n_unseen_{name}": score["n"] for name, score in scores.items()},
                       "unseen_accuracy": round(accuracy, 4),
                       "targets": {"within_30_s": seconds <= 30, "unseen_accuracy_at_least_0.92": accuracy >= 0.92}}))
 

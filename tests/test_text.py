@@ -333,3 +333,53 @@ def test_one_character_step_matches_the_forward_pass():
         quantized = quantize_for_cpu(model)  # step calls the int8 operator directly: the same numbers as the modules
         for position, stepped, cached in step_and_forward(quantized, ids):
             assert stepped.shape == (len(tokenizer.chars),) and torch.allclose(stepped, cached, atol=1e-5), position
+
+
+def test_the_traced_step_samples_what_step_samples():
+    """StepGraph (fixed shapes: a masked attention over the whole ring) gives step()'s logits at every position,
+    past the point where the ring wraps, and its traced graph the same text for a seed; a stream longer than the
+    graph's rotation table falls back to step() on its own."""
+    from engine.device import quantize_for_cpu
+    from engine.text.chargpt import StepGraph, empty_mask, trace_step
+
+    tokenizer = CharTokenizer.from_text(TEXT)
+    model = tiny_gpt(len(tokenizer.chars), block=8)
+    ids = tokenizer.encode((TEXT * 3)[:40])
+    for served in (model, quantize_for_cpu(model)):
+        eager, caches = [[] for _ in model.blocks], [[] for _ in model.blocks]
+        with torch.inference_mode():
+            served(torch.tensor([ids[:3]]), caches=eager)
+            served(torch.tensor([ids[:3]]), caches=caches)
+            rings, mask, step = [cache[3] for cache in caches], empty_mask(served, 3), StepGraph(served)
+            for position in range(3, len(ids)):
+                expected = served.step(ids[position], position, eager)
+                # int8: the masked slots change float sums by 1e-7, which may round an activation differently
+                atol = 1e-5 if served is model else 0.05 * expected.abs().max().item()
+                assert torch.allclose(step(torch.tensor([ids[position], position, position % 8]), mask, rings), expected,
+                                      atol=atol), position
+    graph = trace_step(model)
+    assert isinstance(graph, torch.jit.ScriptModule)
+    kwargs = dict(max_new_chars=60, temperature=1.0, seed=4)
+    plain = "".join(c for c, _ in generate(model, tokenizer, "the ", **kwargs))
+    assert "".join(c for c, _ in generate(model, tokenizer, "the ", step_graph=graph, **kwargs)) == plain
+    with torch.inference_mode():
+        short = torch.jit.trace(StepGraph(model, positions=16).eval(), (torch.tensor([1, 3, 3]), empty_mask(model, 3), rings),
+                                check_trace=False)
+    assert "".join(c for c, _ in generate(model, tokenizer, "the ", step_graph=short, **kwargs)) == plain
+
+
+def test_a_step_that_tracing_would_freeze_gets_no_graph(monkeypatch):
+    from engine.text import chargpt
+
+    tokenizer = CharTokenizer.from_text(TEXT)
+    model = tiny_gpt(len(tokenizer.chars), block=8)
+    original = chargpt.StepGraph.forward
+
+    def branches_on_a_value(self, where, mask, rings):  # a tracer keeps the branch its one run took
+        logits = original(self, where, mask, rings)
+        return logits + 1.0 if int(where[1]) % 2 else logits
+
+    monkeypatch.setattr(chargpt.StepGraph, "forward", branches_on_a_value)
+    assert chargpt.trace_step(model) is None  # its check against the module fails: no graph rather than a wrong one
+    monkeypatch.setattr(chargpt.StepGraph, "forward", original)
+    assert chargpt.trace_step(model) is not None

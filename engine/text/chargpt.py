@@ -218,6 +218,78 @@ class CharGPT(nn.Module):
         load_own_state(self, state)
 
 
+
+class StepGraph(nn.Module):
+    """CharGPT.step with shapes that never change, so that TorchScript can record it once and replay it as one
+    graph (see trace_step). Every step attends to all block_size slots of the ring, a mask (0 or -inf) hiding
+    the slots not written yet, and the character, its position and its ring slot arrive together as one tensor
+    `where` = [token, position, slot]. The maths is step()'s; `rings` are the kv_ring buffers forward() made."""
+
+    def __init__(self, model: CharGPT, positions: int = 8192):
+        super().__init__()
+        self.model = model
+        config = model.config
+        self.C, self.H, self.D = config.n_embd, config.n_head, config.n_embd // config.n_head
+        cos, sin = rotary_tables(torch.arange(positions, device=model.embed.weight.device), self.D)
+        self.register_buffer("rotations", torch.complex(cos, sin))  # (positions, D/2): row p rotates position p
+
+    def forward(self, where: torch.Tensor, mask: torch.Tensor, rings: list[torch.Tensor]) -> torch.Tensor:
+        C, H, D, model = self.C, self.H, self.D, self.model
+        token, position, slot = where[0:1], where[1:2], where[2:3]
+        rotation = self.rotations.index_select(0, position)[0]
+        mask.index_fill_(3, slot, 0.0)  # from now on this slot holds a key worth attending to
+        x = F.embedding(token, model.embed.weight)  # (1, C)
+        for block, ring in zip(model.blocks, rings):
+            qkv = block.attn.qkv(F.layer_norm(x, (C,), block.ln1.weight, block.ln1.bias))[0]  # (3C,): q, k, v
+            qk = torch.view_as_real(torch.view_as_complex(qkv[: 2 * C].view(2 * H, D // 2, 2)) * rotation).reshape(2 * C)
+            ring.index_copy_(3, slot, torch.cat((qk[C:], qkv[2 * C:])).view(2, 1, H, 1, D))  # rotated key, value
+            y = F.scaled_dot_product_attention(qk[:C].view(1, H, 1, D), ring[0], ring[1], attn_mask=mask)
+            x = x + block.attn.proj(y.view(1, C))
+            x = x + block.mlp[2](block.mlp[1](block.mlp[0](F.layer_norm(x, (C,), block.ln2.weight, block.ln2.bias))))
+        return model.head(F.layer_norm(x, (C,), model.ln_f.weight, model.ln_f.bias))[0]
+
+
+def empty_mask(model: CharGPT, filled: int) -> torch.Tensor:
+    """StepGraph's attention mask after a prompt of `filled` characters (at most block_size)."""
+    mask = torch.full((1, 1, 1, model.config.block_size), float("-inf"), device=model.embed.weight.device)
+    mask[..., :filled] = 0.0
+    return mask
+
+
+def trace_step(model: CharGPT) -> torch.jit.ScriptModule | None:
+    """StepGraph as one TorchScript graph, or None where the graph would not do what StepGraph does (a tracer
+    records one run: a Python branch on a tensor's value would be frozen into it), checked over more characters
+    than the ring holds. Why: one character is about sixty small tensor operations; called from Python each
+    pays microseconds of overhead and, in a web server, a trip to win back the interpreter lock. The graph runs
+    them in C++ (shakespeare, int8, 2 threads: about twice the characters per second; benchmarks/text_speed.py)."""
+    import warnings
+
+    block = model.config.block_size
+    start = min(3, block)  # a prompt of this many characters, then more characters than the ring holds
+    prompt = torch.arange(start, device=model.embed.weight.device).remainder(model.config.vocab_size).unsqueeze(0)
+    tokens = [(7 * i + 1) % model.config.vocab_size for i in range(block + 8)]
+    try:
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer notes about Python values: the check below is what counts
+            step = StepGraph(model).eval()
+            states = []
+            for _ in range(2):  # the eager module's and the graph's own caches
+                caches = [[] for _ in model.blocks]
+                model(prompt, caches=caches)
+                states.append(([cache[3] for cache in caches], empty_mask(model, start)))
+            example = torch.tensor([tokens[0], start, start % block])
+            graph = torch.jit.trace(step, (example, states[0][1].clone(), [ring.clone() for ring in states[0][0]]),
+                                    check_trace=False)
+            for i, token in enumerate(tokens):  # also TorchScript's optimizing first runs, here rather than on a click
+                where = torch.tensor([token, start + i, (start + i) % block])
+                expected = step(where, states[0][1], states[0][0])
+                if not torch.allclose(graph(where, states[1][1], states[1][0]), expected, atol=1e-5):
+                    return None
+    except Exception:  # noqa: BLE001 - an untraceable model still samples, eagerly
+        return None
+    return graph
+
+
 def build_chargpt(arch_config: dict) -> CharGPT:
     return CharGPT(CharGPTConfig(**arch_config))
 
@@ -258,9 +330,11 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: f
 @torch.inference_mode()
 def generate(model: CharGPT, tokenizer: CharTokenizer, prompt: str, max_new_chars: int = 500,
              temperature: float = 0.8, top_k: int = 0, top_p: float = 1.0, seed: int = 0, use_cache: bool = True,
-             should_stop: Callable[[], bool] = lambda: False) -> Iterator[tuple[str, float]]:
+             should_stop: Callable[[], bool] = lambda: False,
+             step_graph: torch.jit.ScriptModule | None = None) -> Iterator[tuple[str, float]]:
     """Yield (character, its probability under the unfiltered model) one at a time. The loop checks
-    `should_stop()` before every character, so a stop button takes effect at once."""
+    `should_stop()` before every character, so a stop button takes effect at once. With `step_graph` (from
+    trace_step) each character goes through the graph instead of step(): the same numbers, faster."""
     model.eval()
     device = next(model.parameters()).device
     block = model.config.block_size
@@ -270,6 +344,10 @@ def generate(model: CharGPT, tokenizer: CharTokenizer, prompt: str, max_new_char
     context = ids[-block:]
     logits, _ = model(torch.tensor([context], device=device), caches=caches)
     last, position = logits[0, -1], len(context)
+    if step_graph is not None and (not use_cache or position + int(max_new_chars) > step_graph.rotations.shape[0]):
+        step_graph = None  # its rotation table ends before this text would
+    if step_graph is not None:
+        rings, mask = [cache[3] for cache in caches], empty_mask(model, len(context))
     for _ in range(int(max_new_chars)):
         if should_stop():
             return
@@ -277,7 +355,10 @@ def generate(model: CharGPT, tokenizer: CharTokenizer, prompt: str, max_new_char
         next_id = int(torch.multinomial(probs, 1, generator=generator))
         yield tokenizer.chars[next_id], float(F.softmax(last.float(), dim=-1)[next_id])
         ids.append(next_id)
-        if use_cache:
+        if step_graph is not None:
+            last = step_graph(torch.tensor([next_id, position, position % block], device=device), mask, rings)
+            position += 1
+        elif use_cache:
             last = model.step(next_id, position, caches)
             position += 1
         else:

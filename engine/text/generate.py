@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.errors import UserError
-from engine.text.chargpt import CharGPT, CharTokenizer, evaluate_text, filter_logits, generate, load_chargpt
+from engine.text.chargpt import CharGPT, CharTokenizer, evaluate_text, filter_logits, generate, load_chargpt, trace_step
 
 MAX_NEW_TOKENS = 5_000
 MAX_PROMPT_CHARS = 10_000
@@ -52,8 +52,10 @@ class CharLM:
 
     kind = "characters"
 
-    def __init__(self, model: CharGPT, tokenizer: CharTokenizer, card: dict | None = None, name: str = ""):
+    def __init__(self, model: CharGPT, tokenizer: CharTokenizer, card: dict | None = None, name: str = "",
+                 step_graph: torch.jit.ScriptModule | None = None):
         self.model, self.tokenizer, self.card, self.name = model.eval(), tokenizer, card or {}, name
+        self.step_graph = step_graph  # one character as one TorchScript graph (chargpt.trace_step), or None
 
     def unknown_characters(self, prompt: str) -> list[str]:
         return self.tokenizer.unknown(prompt)
@@ -63,7 +65,7 @@ class CharLM:
         settings.validate()
         yield from generate(self.model, self.tokenizer, prompt[-MAX_PROMPT_CHARS:], int(settings.max_new_tokens),
                             float(settings.temperature), int(settings.top_k), float(settings.top_p), int(settings.seed),
-                            should_stop=should_stop)
+                            should_stop=should_stop, step_graph=self.step_graph)
 
     def evaluate(self, text: str) -> dict:
         ids = torch.tensor(self.tokenizer.encode(text), dtype=torch.long)
@@ -72,15 +74,18 @@ class CharLM:
 
 
 def load_char_lm(folder: str | Path, device: torch.device | str = "cpu", name: str = "",
-                 quantize: bool | None = None) -> CharLM:
+                 quantize: bool | None = None, trace: bool = True) -> CharLM:
     """A saved char GPT ready to sample: on the CPU its Linear layers run in int8 unless quantize=False
-    (twice the characters per second; the validation loss moves by about 0.001 nats)."""
+    (twice the characters per second; the validation loss moves by about 0.001 nats), and each sampled
+    character runs as one TorchScript graph unless trace=False."""
     from engine.device import quantize_for_cpu
 
     model, tokenizer, card = load_chargpt(folder, device)
-    if quantize if quantize is not None else torch.device(device).type == "cpu":
+    on_cpu = torch.device(device).type == "cpu"
+    if quantize if quantize is not None else on_cpu:
         model = quantize_for_cpu(model)
-    return CharLM(model, tokenizer, card, name or card["name"])
+    step_graph = trace_step(model) if trace and on_cpu else None
+    return CharLM(model, tokenizer, card, name or card["name"], step_graph)
 
 
 class HFCausalLM:
