@@ -177,7 +177,7 @@ class TextPredictor:
         spans = [m.span() for m in re.finditer(r"\S+", text)]
         shown = spans[:MAX_EXPLAIN_WORDS]
         variants = [text] + [text[:a] + text[b:] for a, b in shown]
-        probs = self.predict_proba(variants)
+        probs = self.predict_proba(variants, batch_size=len(variants))  # one forward pass: one wait for the lock
         predicted = int(probs[0].argmax())
         scores = [float(probs[0, predicted] - row[predicted]) for row in probs[1:]]
         # sentiment reads best as "towards positive": flip the sign when the prediction is negative
