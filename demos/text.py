@@ -32,20 +32,24 @@ _stop_flags: dict[str, threading.Event] = {}
 _stop_lock = threading.Lock()
 
 
+def _flag_key(session: str | None) -> str:
+    return session or "anonymous"
+
+
 def stop_flag(session: str | None) -> threading.Event:
     with _stop_lock:
-        return _stop_flags.setdefault(session or "anonymous", threading.Event())
+        return _stop_flags.setdefault(_flag_key(session), threading.Event())
 
 
 def _running_flag(session: str | None) -> threading.Event | None:
     with _stop_lock:
-        return _stop_flags.get(session or "anonymous")
+        return _stop_flags.get(_flag_key(session))
 
 
 def _drop_stop_flag(session: str | None, flag: threading.Event) -> None:
     with _stop_lock:
-        if _stop_flags.get(session or "anonymous") is flag:
-            del _stop_flags[session or "anonymous"]
+        if _stop_flags.get(_flag_key(session)) is flag:
+            del _stop_flags[_flag_key(session)]
 
 
 def choices(tasks: tuple[str, ...], session: str | None) -> list[tuple[str, str]]:

@@ -272,18 +272,15 @@ def trace_step(model: CharGPT) -> torch.jit.ScriptModule | None:
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer notes about Python values: the check below is what counts
             step = StepGraph(model).eval()
-            states = []
-            for _ in range(2):  # the eager module's and the graph's own caches
-                caches = [[] for _ in model.blocks]
-                model(prompt, caches=caches)
-                states.append(([cache[3] for cache in caches], empty_mask(model, start)))
+            caches = [[] for _ in model.blocks]
+            model(prompt, caches=caches)
+            rings, mask = [cache[3] for cache in caches], empty_mask(model, start)  # the eager module's state
+            graph_rings, graph_mask = [ring.clone() for ring in rings], mask.clone()  # and the graph's own copy
             example = torch.tensor([tokens[0], start, start % block])
-            graph = torch.jit.trace(step, (example, states[0][1].clone(), [ring.clone() for ring in states[0][0]]),
-                                    check_trace=False)
+            graph = torch.jit.trace(step, (example, mask.clone(), [ring.clone() for ring in rings]), check_trace=False)
             for i, token in enumerate(tokens):  # also TorchScript's optimizing first runs, here rather than on a click
                 where = torch.tensor([token, start + i, (start + i) % block])
-                expected = step(where, states[0][1], states[0][0])
-                if not torch.allclose(graph(where, states[1][1], states[1][0]), expected, atol=1e-5):
+                if not torch.allclose(graph(where, graph_mask, graph_rings), step(where, mask, rings), atol=1e-5):
                     return None
     except Exception:  # noqa: BLE001 - an untraceable model still samples, eagerly
         return None
