@@ -8,6 +8,7 @@ that inference is measured while training runs. The app's memory (RSS) is sample
 
     python benchmarks/load.py --users 20 --seconds 60            # prints one JSON line
     python benchmarks/load.py --users 20 --seconds 600           # the memory-stays-flat run
+    python benchmarks/load.py --users 20 --seconds 300 --rate 12 # open loop: 12 requests/s, whatever the answers do
 
 Latency is from sending a request to receiving its result; output images are not downloaded (a browser shows
 the label at once and fetches pictures in parallel). Before the clock starts, each endpoint is called once, so the
@@ -96,22 +97,44 @@ class Recorder:
         return result
 
 
-def user(url: str, deadline: float, recorder: Recorder, seed: int, think: tuple[float, float]) -> None:
-    from gradio_client import Client, handle_file
+def one_request(client, recorder: Recorder, rng: random.Random) -> None:
+    """Classify an image (40%), classify a sentence (40%) or generate 60 characters (20%)."""
+    from gradio_client import handle_file
+
+    action = rng.choices(["image", "sentence", "generate"], weights=[0.4, 0.4, 0.2])[0]
+    if action == "image":
+        photo = handle_file(str(rng.choice(PHOTOS)))
+        recorder.timed("image", lambda: client.predict("cifar10", photo, None, "photo", api_name="/classify"))
+    elif action == "sentence":
+        sentence = rng.choice(SENTENCES)
+        recorder.timed("sentence", lambda: client.predict("sst2", sentence, api_name="/classify_text"))
+    else:
+        seed = rng.randint(0, 999)
+        recorder.timed("generate", lambda: client.predict("shakespeare", "ROMEO:\n", 60, 0.8, 0, 1.0, seed, False,
+                                                          api_name="/generate"))
+
+
+def user(url: str, deadline: float, recorder: Recorder, seed: int, think: tuple[float, float], rate: float) -> None:
+    """Closed loop (rate 0): request, wait for the answer, think, again; a faster server gets more requests.
+    Open loop (rate > 0): requests arrive at random (Poisson) times at `rate` per second whatever the answers
+    do, so that two servers are compared on the same offered load."""
+    from gradio_client import Client
 
     rng = random.Random(seed)
     client = Client(url, verbose=False, download_files=False)
+    arrival, in_flight = time.time(), []
     while time.time() < deadline:
-        action = rng.choices(["image", "sentence", "generate"], weights=[0.4, 0.4, 0.2])[0]
-        if action == "image":
-            photo = handle_file(str(rng.choice(PHOTOS)))
-            recorder.timed("image", lambda: client.predict("cifar10", photo, None, "photo", api_name="/classify"))
-        elif action == "sentence":
-            recorder.timed("sentence", lambda: client.predict("sst2", rng.choice(SENTENCES), api_name="/classify_text"))
-        else:
-            recorder.timed("generate", lambda: client.predict("shakespeare", "ROMEO:\n", 60, 0.8, 0, 1.0, rng.randint(0, 999),
-                                                              False, api_name="/generate"))
-        time.sleep(rng.uniform(*think))
+        if rate <= 0:
+            one_request(client, recorder, rng)
+            time.sleep(rng.uniform(*think))
+            continue
+        arrival += rng.expovariate(rate)
+        time.sleep(max(0.0, arrival - time.time()))
+        request = threading.Thread(target=one_request, args=(client, recorder, random.Random(rng.random())), daemon=True)
+        request.start()
+        in_flight.append(request)
+    for request in in_flight:
+        request.join(300)
 
 
 def trainer(url: str, deadline: float, recorder: Recorder, owner: str, upload: Path, budget: int) -> None:
@@ -167,9 +190,11 @@ def main() -> None:
     parser.add_argument("--job-budget", type=int, default=15, help="training seconds of each fine-tune job")
     parser.add_argument("--max-jobs", type=int, default=2, help="MINILAB_MAX_JOBS for the app (jobs run at once)")
     parser.add_argument("--think", default="0.5,1.5", help="seconds a user waits between requests: MIN,MAX (uniform)")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="open loop: requests per second from all users together, at Poisson times (0: closed loop)")
     args = parser.parse_args()
-    if not 0 <= args.users <= 200 or not 0 <= args.trainers <= 20 or not 5 <= args.seconds <= 3600:
-        sys.exit("users 0-200, trainers 0-20, seconds 5-3600")
+    if not 0 <= args.users <= 200 or not 0 <= args.trainers <= 20 or not 5 <= args.seconds <= 3600 or not 0 <= args.rate <= 200:
+        sys.exit("users 0-200, trainers 0-20, seconds 5-3600, rate 0-200")
     try:
         think = tuple(float(v) for v in args.think.split(","))
         assert len(think) == 2 and 0 <= think[0] <= think[1] <= 60
@@ -207,7 +232,8 @@ def main() -> None:
         threads = [threading.Thread(target=sample_memory, daemon=True)]
         threads += [threading.Thread(target=trainer, args=(url, deadline, recorder, f"{i:032x}", upload, args.job_budget), daemon=True)
                     for i in range(args.trainers)]
-        threads += [threading.Thread(target=user, args=(url, deadline, recorder, i, think), daemon=True)
+        threads += [threading.Thread(target=user, args=(url, deadline, recorder, i, think, args.rate / max(1, args.users)),
+                                     daemon=True)
                     for i in range(args.users)]
         for thread in threads:
             thread.start()
@@ -226,7 +252,7 @@ def main() -> None:
     served = sum(len(v) for v in recorder.latencies.values())
     failed = sum(len(v) for v in recorder.errors.values())
     result = {
-        "benchmark": "load", "users": args.users, "trainers": args.trainers, "seconds": args.seconds, "think_s": list(think),
+        "benchmark": "load", "users": args.users, "trainers": args.trainers, "seconds": args.seconds, "think_s": list(think), "rate": args.rate,
         "max_jobs": args.max_jobs, "requests_served": served, "errors": failed,
         "error_examples": {k: v[:3] for k, v in recorder.errors.items()},
         "latency_s": {k: percentiles(v) for k, v in sorted(recorder.latencies.items())},

@@ -67,24 +67,42 @@ def _page_error(error: Exception, where: str) -> gr.Error:
     return gr.Error(f"Something went wrong ({error.__class__.__name__}); please try another input.", print_exception=False)
 
 
+def _request_threads() -> None:
+    """PyTorch threads for this request (engine.device.use_request_threads); imported here, not at start-up."""
+    from engine.device import use_request_threads
+
+    use_request_threads()
+
+
 def friendly_errors(function):
     """A user's mistake becomes a readable gr.Error; an unexpected failure is logged and reported
     in one sentence, never as a traceback page, and the server carries on. Works for streaming
-    (generator) handlers too, whose errors arrive while they are iterated."""
+    (generator) handlers too, whose errors arrive while they are iterated. Every call (every step of a
+    stream) also sets the worker thread's PyTorch thread count for requests."""
     if inspect.isgeneratorfunction(function):
 
         @functools.wraps(function)
         def stream(*args, **kwargs):
+            steps = function(*args, **kwargs)
             try:
-                yield from function(*args, **kwargs)
+                while True:
+                    _request_threads()  # Gradio may run each step of a stream on a different worker thread
+                    try:
+                        item = next(steps)
+                    except StopIteration:
+                        return
+                    yield item
             except Exception as error:  # last line of defence for the page
                 raise _page_error(error, function.__name__) from None
+            finally:
+                steps.close()  # a stream the page stopped still runs its own clean-up
 
         return stream
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         try:
+            _request_threads()
             return function(*args, **kwargs)
         except Exception as error:  # last line of defence for the page
             raise _page_error(error, function.__name__) from None

@@ -50,3 +50,54 @@ def test_report_has_memory(monkeypatch):
     report = device_module.device_report()
     assert report["device"] == "cpu"
     assert report["process_memory_mb"] is None or report["process_memory_mb"] > 10
+
+
+def _in_thread(function):
+    """Run `function` in a new thread and return its result (each thread has its own PyTorch thread count)."""
+    import threading
+
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(value=function()))
+    worker.start()
+    worker.join(30)
+    return result["value"]
+
+
+def test_request_threads_apply_to_the_calling_thread_only():
+    def request() -> tuple[int, int]:
+        torch.set_num_threads(2)
+        before = torch.get_num_threads()
+        device_module.use_request_threads()
+        return before, torch.get_num_threads()
+
+    main_threads = torch.get_num_threads()
+    assert _in_thread(request) == (2, device_module.REQUEST_THREADS)
+    assert torch.get_num_threads() == main_threads  # the server's other threads (a training job) keep theirs
+
+
+def test_every_step_of_a_wrapped_stream_runs_on_request_threads():
+    """Gradio may resume a stream on another worker thread: each step sets that thread's count, and a stream
+    closed early (the page left) still runs its own clean-up."""
+    from demos.common import friendly_errors
+
+    seen, cleaned = [], []
+
+    @friendly_errors
+    def stream():
+        try:
+            for step in range(3):
+                seen.append(torch.get_num_threads())
+                yield step
+        finally:
+            cleaned.append(True)
+
+    steps = stream()
+
+    def next_step_on_a_fresh_thread():
+        torch.set_num_threads(2)
+        return next(steps)
+
+    assert [_in_thread(next_step_on_a_fresh_thread) for _ in range(2)] == [0, 1]
+    assert seen == [device_module.REQUEST_THREADS] * 2
+    steps.close()
+    assert cleaned == [True]
