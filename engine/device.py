@@ -36,6 +36,25 @@ def use_request_threads() -> None:
         torch.set_num_threads(REQUEST_THREADS)
 
 
+def map_on_cpu_threads(function, items: list, workers: int) -> list:
+    """[function(item) for item in items], spread over `workers` threads that each run PyTorch on one thread.
+    Why: many small forward passes run faster side by side than one after another on an OpenMP team (sst2,
+    2,000 sentences on 2 cores: 649-686 sentences/s on two one-thread workers, 510-594 on one two-thread
+    team), and one-thread workers make no team that would slow the server's other threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def work(item):
+        if torch.get_num_threads() != 1:
+            torch.set_num_threads(1)
+        with torch.no_grad():  # grad mode is per thread: the caller's no_grad does not reach these threads
+            return function(item)
+
+    if workers <= 1 or len(items) <= 1:
+        return [function(item) for item in items]
+    with ThreadPoolExecutor(min(workers, len(items)), thread_name_prefix="minilab-cpu") as pool:
+        return list(pool.map(work, items))
+
+
 def resolve_device(name: str) -> torch.device:
     """Turn a user's device name into a torch.device, refusing ones this machine does not have."""
     try:

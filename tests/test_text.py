@@ -202,6 +202,35 @@ def test_served_text_classifier_runs_as_a_checked_graph(lora_model):
     assert trace_for_cpu(LengthBranch(), predictor.tokenizer) is None
 
 
+def test_batches_spread_over_cpu_threads_give_the_same_rows_in_order(lora_model):
+    """With two threads to use, a predictor runs its batches on two one-thread workers: each text keeps its
+    own row, and the numbers equal one worker's (float model: batches do not interact)."""
+    import threading
+    import time
+
+    from engine.text.classify import load_text_classifier
+
+    predictor = load_text_classifier(lora_model[2], quantize=False)
+    texts = [f"{s} {'really ' * (i % 5)}" for i, s in enumerate(SENTENCES * 3)]  # 24 texts, lengths mixed
+    seen_threads = set()
+    logits = predictor.logits
+    # each batch also waits 10 ms, so that the second worker surely starts before the first has done them all
+    predictor.logits = lambda batch: (seen_threads.add(threading.get_ident()), time.sleep(0.01), logits(batch))[2]
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = predictor.predict_proba(texts, batch_size=4)
+        assert seen_threads == {threading.get_ident()}
+        seen_threads.clear()
+        torch.set_num_threads(2)
+        spread = predictor.predict_proba(texts, batch_size=4)
+    finally:
+        torch.set_num_threads(previous)
+    assert len(seen_threads) == 2 and threading.get_ident() not in seen_threads
+    assert abs(alone - spread).max() < 1e-5
+    assert (spread.argmax(1) == predictor.predict_proba(texts[::-1], batch_size=4)[::-1].argmax(1)).all()
+
+
 def test_explanation_and_truncation(lora_model):
     from engine.text.classify import MAX_EXPLAIN_WORDS, load_text_classifier
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.device import quantize_for_cpu
+from engine.device import map_on_cpu_threads, quantize_for_cpu
 from engine.errors import UserError
 
 ProgressFn = Callable[[dict], None]
@@ -31,8 +31,9 @@ MAX_TOKENS = 128  # longer texts are truncated (the encoder was trained on 128-t
 MAX_TEXT_CHARS = 100_000
 CHARS_PER_TOKEN_CAP = 20  # the model sees MAX_TOKENS tokens; no need to tokenise more than this many characters each
 MAX_EXPLAIN_WORDS = 80
-# Sentences per forward pass. Small batches are faster on a CPU: sst2 int8 on 2 threads, 2,000 SST-2 dev
-# sentences: 16 a batch 597/s, 32 568/s, 64 493/s, 128 419/s (benchmarks/text_speed.py --batch-size N).
+# Sentences per forward pass. Small batches are faster on a CPU: sst2 int8, 2,000 SST-2 dev sentences on 2 cores,
+# one batch at a time on 2 threads: 16 a batch 597/s, 32 568/s, 64 493/s, 128 419/s; two batches side by side on
+# one thread each (map_on_cpu_threads): 8 658/s, 16 622-670/s, 32 602-631/s, 64 565/s (text_speed.py --batch-size N).
 BATCH_SIZE = 16
 BASE_PACKAGE = "package:all-MiniLM-L6-v2"
 
@@ -148,12 +149,18 @@ class TextPredictor:
         keep = self.max_tokens * CHARS_PER_TOKEN_CAP
         texts = [text[:keep] if text.strip() else "." for text in texts]
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        chunks = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+        # Tokenised here, in the calling thread: a tokenizer is not safe to share between threads.
+        batches = [self.tokenizer([texts[i] for i in chosen], padding=True, truncation=True,
+                                  max_length=self.max_tokens, return_tensors="pt").to(self.device) for chosen in chunks]
         out = np.zeros((len(texts), width), dtype=np.float32)
-        for start in range(0, len(order), batch_size):
-            chosen = order[start:start + batch_size]
-            batch = self.tokenizer([texts[i] for i in chosen], padding=True, truncation=True,
-                                   max_length=self.max_tokens, return_tensors="pt").to(self.device)
-            out[chosen] = compute(batch).float().cpu().numpy()
+
+        def run(index: int) -> None:
+            out[chunks[index]] = compute(batches[index]).float().cpu().numpy()
+
+        # On the CPU the batches share out the caller's threads, one thread per batch at a time.
+        workers = torch.get_num_threads() if self.device.type == "cpu" else 1
+        map_on_cpu_threads(run, list(range(len(chunks))), workers)
         return out
 
     def predict_proba(self, texts: list[str], batch_size: int = BATCH_SIZE) -> np.ndarray:
