@@ -222,6 +222,24 @@ def test_text_lora_end_to_end(tmp_path):
     assert set(predictor.predict("loved it")) == {"disliked", "liked"}
 
 
+def test_lora_on_sentiment_labels_starts_from_the_whole_sst2_model(tmp_path):
+    """Reviews labelled negative/positive start from sst2 with its head (the starting model is scored before
+    any step, so training cannot end worse than it began on the validation rows); other labels get a new head."""
+    from engine.text.finetune import TextFinetuneConfig, arch_for, finetune_text_classifier
+
+    _, same = arch_for("sst2", ["negative", "positive"])
+    _, other = arch_for("sst2", ["disliked", "liked"])
+    assert "head.weight" in same and "head.weight" not in other
+    assert set(same) - set(other) == {"head.weight", "head.bias"}
+    path = write_reviews(tmp_path / "r.csv", 12)
+    path.write_text(path.read_text().replace("disliked", "negative").replace("liked", "positive"))
+    config = TextFinetuneConfig(strategy="lora", time_budget=4, lora_epochs=1)
+    result = finetune_text_classifier([path], config, tmp_path / "model")
+    assert result["metrics"]["classes"] == ["negative", "positive"]
+    first = result["history"][0]
+    assert first["step"] == 0 and first["val_acc"] >= 0.8  # sst2 reads these reviews before any training
+
+
 def test_chargpt_from_scratch_and_from_shakespeare_with_new_characters(tmp_path):
     from engine.text.generate import load_char_lm
     from engine.text.finetune import CharFinetuneConfig, finetune_chargpt

@@ -375,7 +375,7 @@ def train_text_classifier(train_texts: list[str], train_labels: list[str], val_t
         elapsed = time.perf_counter() - started
         fraction = min(1.0, max(step / total_steps, elapsed / config.time_budget if config.time_budget > 0 else 0.0))
         last = fraction >= 1.0 or should_stop()
-        if (step % config.eval_every == 0 and step > 0) or last:
+        if (step % config.eval_every == 0 and (step > 0 or init_state)) or last:  # a started model is scored first
             val_acc = validate() if val_texts else float("nan")
             history.append({"step": step, "train_loss": running, "val_acc": val_acc, "elapsed": elapsed})
             if not val_texts or val_acc > best_acc:

@@ -92,19 +92,23 @@ def encoder(name: str):
         return _encoders[name]
 
 
-def arch_for(backbone: str, n_labels: int) -> tuple[dict, dict[str, torch.Tensor]]:
-    """The minilm-classifier arch_config of a model on this encoder, and the encoder weights it carries."""
+def arch_for(backbone: str, classes: list[str]) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The minilm-classifier arch_config of a model on this encoder, and the weights it starts from: the sst2
+    adapters, and sst2's head too when the classes are sst2's own (an upload of negative/positive reviews then
+    starts from a model that already reads sentiment, and training adapts it to the upload's domain)."""
     from safetensors.torch import load_file
 
     from engine.checkpoints import read_card
     from engine.text.classify import BASE_PACKAGE
 
     if backbone == "minilm":
-        return {"base": BASE_PACKAGE, "method": "probe", "n_labels": n_labels}, {}
+        return {"base": BASE_PACKAGE, "method": "probe", "n_labels": len(classes)}, {}
     folder = sst2_folder()
-    arch = dict(read_card(folder)["arch_config"], n_labels=n_labels)
-    adapters = {k: v for k, v in load_file(folder / "weights.safetensors").items() if not k.startswith("head.")}
-    return arch, adapters
+    card = read_card(folder)
+    arch = dict(card["arch_config"], n_labels=len(classes))
+    same_classes = list(classes) == list(card["labels"])
+    weights = {k: v for k, v in load_file(folder / "weights.safetensors").items() if same_classes or not k.startswith("head.")}
+    return arch, weights
 
 
 # ---- the probe: logistic regression on sentence vectors -----------------------------------------------------
@@ -221,14 +225,14 @@ def finetune_text_classifier(paths: list[str | Path], config: TextFinetuneConfig
             raise UserError("Training was stopped before any encoder was tried.")
         score, backbone, l2, features = best
         head = fit_logistic(features, y, len(classes), l2)
-        arch, encoder_weights = arch_for(backbone, len(classes))
+        arch, encoder_weights = arch_for(backbone, classes)
         model = TextClassifier(arch)
         load_own_state(model, {**encoder_weights, "head.weight": head.weight.detach(), "head.bias": head.bias.detach()})
         chosen = {"encoder": backbone, "l2": l2, "cv_accuracy": round(score, 4)}
         training = {**asdict(config), **chosen}
     else:
         backbone = "minilm" if config.backbone == "minilm" else "sst2"
-        arch, encoder_weights = arch_for(backbone, len(classes))
+        arch, encoder_weights = arch_for(backbone, classes)
         train_config = TextTrainConfig(epochs=config.lora_epochs, lr=config.lora_lr, seed=config.seed,
                                        time_budget=max(1.0, config.time_budget - read_seconds), eval_every=50,
                                        method="lora", lora_r=int(arch.get("lora_r", 8)), lora_alpha=int(arch.get("lora_alpha", 16)))
