@@ -30,8 +30,8 @@ def use_request_threads() -> None:
     before each request. PyTorch's thread count belongs to the calling thread, and every thread that uses two
     or more gets its own OpenMP team. Once two teams exist (two request threads, or a request and a training
     job), OpenMP counts more threads than cores and puts its waiting threads to sleep between parallel regions,
-    so small operations wait for wake-ups: one character's step ran at 580 characters/s instead of 2,360.
-    On one thread each, requests run side by side without teams (2,070 characters/s)."""
+    so small operations wait for wake-ups: streaming ran at 410-450 characters/s instead of 2,400. On one
+    thread each, requests run side by side without teams (2,240-2,290 characters/s; benchmarks/request_threads.py)."""
     if torch.get_num_threads() != REQUEST_THREADS:  # setting it also clears oneDNN's cache: only when it changes
         torch.set_num_threads(REQUEST_THREADS)
 
