@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import sys
 
 import gradio as gr
 
@@ -68,10 +69,11 @@ def _page_error(error: Exception, where: str) -> gr.Error:
 
 
 def _request_threads() -> None:
-    """PyTorch threads for this request (engine.device.use_request_threads); imported here, not at start-up."""
-    from engine.device import use_request_threads
-
-    use_request_threads()
+    """PyTorch threads for this request (engine.device.use_request_threads), once the app has imported the engine:
+    a handler that needs no PyTorch (a poll, a page update) never waits here for torch to be imported."""
+    use_request_threads = getattr(sys.modules.get("engine.device"), "use_request_threads", None)
+    if use_request_threads is not None:
+        use_request_threads()
 
 
 def friendly_errors(function):
