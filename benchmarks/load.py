@@ -117,7 +117,9 @@ def one_request(client, recorder: Recorder, rng: random.Random) -> None:
 def user(url: str, deadline: float, recorder: Recorder, seed: int, think: tuple[float, float], rate: float) -> None:
     """Closed loop (rate 0): request, wait for the answer, think, again; a faster server gets more requests.
     Open loop (rate > 0): requests arrive at random (Poisson) times at `rate` per second whatever the answers
-    do, so that two servers are compared on the same offered load."""
+    do, so that two servers are compared on the same offered load. A user's overlapping requests share its
+    client: gradio_client then now and then cancels one (CancelledError, 0-2 in 1,700 requests), counted as
+    failed. A client per request was worse: creating clients under load timed out and filled the queue."""
     from gradio_client import Client
 
     rng = random.Random(seed)
