@@ -32,8 +32,21 @@ def use_request_threads() -> None:
     job), OpenMP counts more threads than cores and puts its waiting threads to sleep between parallel regions,
     so small operations wait for wake-ups: streaming ran at 410-450 characters/s instead of 2,400. On one
     thread each, requests run side by side without teams (2,240-2,290 characters/s; benchmarks/request_threads.py)."""
-    if torch.get_num_threads() != REQUEST_THREADS:  # setting it also clears oneDNN's cache: only when it changes
-        torch.set_num_threads(REQUEST_THREADS)
+    _set_threads(REQUEST_THREADS)
+
+
+def _set_threads(count: int) -> None:
+    """The calling thread's PyTorch thread count; set only when it changes (setting it clears oneDNN's cache)."""
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
+
+
+@lru_cache(maxsize=None)
+def _cpu_workers(workers: int):
+    """A pool of `workers` threads kept for the life of the process, so that a batch of texts starts no threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(workers, thread_name_prefix="minilab-cpu")
 
 
 def map_on_cpu_threads(function, items: list, workers: int) -> list:
@@ -41,18 +54,15 @@ def map_on_cpu_threads(function, items: list, workers: int) -> list:
     Why: many small forward passes run faster side by side than one after another on an OpenMP team (sst2,
     2,000 sentences on 2 cores: 649-686 sentences/s on two one-thread workers, 510-594 on one two-thread
     team), and one-thread workers make no team that would slow the server's other threads."""
-    from concurrent.futures import ThreadPoolExecutor
 
     def work(item):
-        if torch.get_num_threads() != 1:
-            torch.set_num_threads(1)
+        _set_threads(1)
         with torch.no_grad():  # grad mode is per thread: the caller's no_grad does not reach these threads
             return function(item)
 
     if workers <= 1 or len(items) <= 1:
         return [function(item) for item in items]
-    with ThreadPoolExecutor(min(workers, len(items)), thread_name_prefix="minilab-cpu") as pool:
-        return list(pool.map(work, items))
+    return list(_cpu_workers(workers).map(work, items))
 
 
 def resolve_device(name: str) -> torch.device:
