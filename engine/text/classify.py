@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ MAX_EXPLAIN_WORDS = 80
 # one thread each (map_on_cpu_threads): 8 658/s, 16 622-670/s, 32 602-631/s, 64 565/s (text_speed.py --batch-size N).
 BATCH_SIZE = 16
 BASE_PACKAGE = "package:all-MiniLM-L6-v2"
+_TOKENIZER_LOCK = threading.Lock()  # held while a batch is tokenised (see TextPredictor._shortest_first)
 
 
 def base_folder(base: str) -> Path:
@@ -150,17 +152,17 @@ class TextPredictor:
         texts = [text[:keep] if text.strip() else "." for text in texts]
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         chunks = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
-        # Tokenised here, in the calling thread: a tokenizer is not safe to share between threads.
-        batches = [self.tokenizer([texts[i] for i in chosen], padding=True, truncation=True,
-                                  max_length=self.max_tokens, return_tensors="pt").to(self.device) for chosen in chunks]
         out = np.zeros((len(texts), width), dtype=np.float32)
 
-        def run(index: int) -> None:
-            out[chunks[index]] = compute(batches[index]).float().cpu().numpy()
+        def run(chosen: list[int]) -> None:
+            with _TOKENIZER_LOCK:  # a tokenizer is not safe to share between threads; a batch is tokenised in microseconds
+                batch = self.tokenizer([texts[i] for i in chosen], padding=True, truncation=True,
+                                       max_length=self.max_tokens, return_tensors="pt").to(self.device)
+            out[chosen] = compute(batch).float().cpu().numpy()
 
         # On the CPU the batches share out the caller's threads, one thread per batch at a time.
         workers = torch.get_num_threads() if self.device.type == "cpu" else 1
-        map_on_cpu_threads(run, list(range(len(chunks))), workers)
+        map_on_cpu_threads(run, chunks, workers)
         return out
 
     def predict_proba(self, texts: list[str], batch_size: int = BATCH_SIZE) -> np.ndarray:
