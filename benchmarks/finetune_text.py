@@ -67,6 +67,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="which rows are uploaded")
     parser.add_argument("--strategy", default=None)
     parser.add_argument("--backbone", default=None)
+    parser.add_argument("--label-names", default=None, metavar="NEG,POS",
+                        help="write the labels under other names (say 0,1): the model cannot start from sst2's head")
     parser.add_argument("--set", action="append", default=[], help="any TextFinetuneConfig field, as name=value")
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
@@ -75,6 +77,10 @@ def main() -> None:
         upload, unseen_sets, described = reviews_upload(args.n_upload or 1000, args.seed)
     else:
         upload, unseen_sets, described = sst2_upload(args.n_upload or 600, args.seed, args.data_dir)
+    if args.label_names:
+        rename = dict(zip(("negative", "positive"), args.label_names.split(",")))
+        upload = [(text, rename[label]) for text, label in upload]
+        unseen_sets = [(name, [(text, rename[label]) for text, label in rows]) for name, rows in unseen_sets]
     config = TextFinetuneConfig()
     for name in ("strategy", "backbone"):
         if getattr(args, name) is not None:

@@ -391,8 +391,8 @@ def build(owner: gr.BrowserState) -> dict:
             flip = gr.Checkbox(value=False, label="Mirror images (photos yes; digits and letters no)")
     with gr.Group(visible=False) as text_settings:
         with gr.Row():
-            text_strategy = gr.Radio([("Linear probe (seconds)", "probe"), ("LoRA fine-tune (minutes)", "lora")],
-                                     value="probe", label="Strategy")
+            text_strategy = gr.Radio([("LoRA fine-tune (best)", "lora"), ("Linear probe (seconds)", "probe")],
+                                     value="lora", label="Strategy")
             text_backbone = gr.Dropdown([("automatic (cross-validated)", "auto"), ("sentiment-tuned MiniLM (sst2)", "sst2"),
                                          ("plain MiniLM", "minilm")], value="auto", label="Encoder")
     with gr.Group(visible=False) as chargpt_settings:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import platform
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 
@@ -126,12 +127,40 @@ def device_report() -> dict:
     return report
 
 
+@lru_cache(maxsize=None)
+def cpu_has_vnni() -> bool:
+    """Whether the CPU multiplies int8 with VNNI instructions (Linux x86 flags; False when unknown). Without
+    them, fbgemm adds pairs of uint8 x int8 products in 16 bits, which can overflow unless activations keep
+    to 7 bits; with them the sums are 32 bits and activations may use all 8."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+class Int8Linear(torch.ao.nn.quantized.dynamic.Linear):
+    """PyTorch's dynamic int8 Linear, with its activations on 8 bits rather than 7 where the CPU allows it
+    (PyTorch always asks fbgemm for 7 bits, to be safe on CPUs without VNNI)."""
+
+    reduce_range = not cpu_has_vnni()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized.linear_dynamic(x, self._packed_params._packed_params,
+                                                  reduce_range=self.reduce_range).to(x.dtype)
+
+
 def quantize_for_cpu(module: torch.nn.Module) -> torch.nn.Module:
-    """int8 weights for every Linear layer, with activations quantized on the fly (PyTorch's dynamic
-    quantization): for batched text about 2.8x faster than float32 on a CPU with VNNI, for one character
-    at a time about 2x (a quarter of the bytes to read per step), for a change in accuracy we measure."""
+    """int8 weights for every Linear layer, one scale per output row, with activations quantized on the fly
+    (PyTorch's dynamic quantization): for batched text about 2.8x faster than float32 on a CPU with VNNI, for
+    one character at a time about 2x (a quarter of the bytes to read per step). Why per row and 8-bit
+    activations: with PyTorch's defaults (one scale per matrix, 7-bit activations) the sst2 model lost
+    1.2 points on SST-2 dev (87.61% vs 88.76% in float32); with these it loses 0.2 (88.53%)."""
     import warnings
+
+    from torch.ao.quantization import per_channel_dynamic_qconfig
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the eager-mode API is deprecated in favour of torchao, yet still shipped
-        return torch.ao.quantization.quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8)
+        return torch.ao.quantization.quantize_dynamic(module, {torch.nn.Linear: per_channel_dynamic_qconfig},
+                                                      mapping={torch.nn.Linear: Int8Linear})

@@ -101,3 +101,22 @@ def test_every_step_of_a_wrapped_stream_runs_on_request_threads():
     assert seen == [device_module.REQUEST_THREADS] * 2
     steps.close()
     assert cleaned == [True]
+
+
+def test_int8_layers_keep_one_scale_per_row():
+    """quantize_for_cpu gives each output row its own int8 scale: rows of very different sizes (as fine-tuned
+    layers have) all stay within a few percent of float32, where one scale per matrix would flatten the small
+    rows to a handful of levels. Activations use 8 bits exactly when the CPU has VNNI."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 24)
+    with torch.no_grad():
+        layer.weight.mul_(torch.logspace(-2, 1, 24).unsqueeze(1))  # rows from 0.01x to 10x
+    x = torch.randn(256, 64)
+    quantized = device_module.quantize_for_cpu(torch.nn.Sequential(layer))[0]
+    assert type(quantized) is device_module.Int8Linear
+    assert quantized.weight().qscheme() == torch.per_channel_affine
+    assert quantized.reduce_range == (not device_module.cpu_has_vnni())
+    with torch.no_grad():
+        expected = layer(x) - layer.bias
+        error = (quantized(x) - layer.bias - expected).norm(dim=0) / expected.norm(dim=0)
+    assert error.max() < 0.05, error

@@ -202,7 +202,7 @@ def test_text_probe_end_to_end_and_eval_matches_label_names(tmp_path):
     from engine.text.evaluate import evaluate_sentiment_file
     from engine.text.finetune import TextFinetuneConfig, finetune_text_classifier
 
-    result = finetune_text_classifier([write_reviews(tmp_path / "r.csv")], TextFinetuneConfig(), tmp_path / "model")
+    result = finetune_text_classifier([write_reviews(tmp_path / "r.csv")], TextFinetuneConfig(strategy="probe"), tmp_path / "model")
     metrics = result["metrics"]
     assert metrics["classes"] == ["disliked", "liked"] and metrics["encoder"] in ("sst2", "minilm")
     assert metrics["val_accuracy"] >= 0.8

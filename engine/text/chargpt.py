@@ -301,11 +301,12 @@ def direct_linear(layer: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     its forward() calls. Anything else is called as it is."""
     if type(layer) is nn.Linear:
         return functools.partial(F.linear, weight=layer.weight, bias=layer.bias)
-    packed = getattr(getattr(layer, "_packed_params", None), "_packed_params", None)
-    if (type(layer) is torch.ao.nn.quantized.dynamic.Linear and layer._packed_params.dtype == torch.qint8
-            and (layer.version or 0) >= 4 and packed is not None):
-        operator = torch.ops.quantized.linear_dynamic.default
-        return lambda x: operator(x, packed, True)  # reduce_range=True, as forward() does at version 4
+    from engine.device import Int8Linear
+
+    if type(layer) is Int8Linear and layer._packed_params.dtype == torch.qint8:
+        operator, packed, reduce_range = (torch.ops.quantized.linear_dynamic.default,
+                                          layer._packed_params._packed_params, layer.reduce_range)
+        return lambda x: operator(x, packed, reduce_range)
     return layer
 
 

@@ -34,7 +34,7 @@ MAX_MISCLASSIFIED = 30
 
 @dataclass
 class TextFinetuneConfig:
-    strategy: str = "probe"  # "probe": a new head on frozen sentence vectors; "lora": adapters and head
+    strategy: str = "lora"  # "lora": adapters and head (best); "probe": a new head on frozen sentence vectors (seconds)
     backbone: str = "auto"  # auto (chosen by cross-validation), sst2 (sentiment-tuned encoder) or minilm (plain)
     time_budget: float = 25.0  # seconds (the LoRA schedule follows it; a probe takes what it needs)
     val_fraction: float = 0.15
