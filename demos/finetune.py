@@ -393,7 +393,7 @@ def build(owner: gr.BrowserState) -> dict:
         with gr.Row():
             text_strategy = gr.Radio([("LoRA fine-tune (best)", "lora"), ("Linear probe (seconds)", "probe")],
                                      value="lora", label="Strategy")
-            text_backbone = gr.Dropdown([("automatic (cross-validated)", "auto"), ("sentiment-tuned MiniLM (sst2)", "sst2"),
+            text_backbone = gr.Dropdown([("automatic (LoRA: sst2; probe: cross-validated)", "auto"), ("sentiment-tuned MiniLM (sst2)", "sst2"),
                                          ("plain MiniLM", "minilm")], value="auto", label="Encoder")
     with gr.Group(visible=False) as chargpt_settings:
         init = gr.Radio([("From scratch", "scratch"), ("Continue from the Shakespeare model", "shakespeare")],

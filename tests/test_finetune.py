@@ -215,9 +215,15 @@ def test_text_lora_end_to_end(tmp_path):
     from engine.text.classify import load_text_classifier
     from engine.text.finetune import TextFinetuneConfig, finetune_text_classifier
 
-    config = TextFinetuneConfig(strategy="lora", time_budget=4, lora_epochs=1)
-    result = finetune_text_classifier([write_reviews(tmp_path / "r.csv", 12)], config, tmp_path / "model")
+    config = TextFinetuneConfig(strategy="lora", time_budget=20, lora_epochs=8)  # 8 steps of 20 rows
+    events = []
+    result = finetune_text_classifier([write_reviews(tmp_path / "r.csv", 12)], config, tmp_path / "model", events.append)
     assert result["history"] and result["metrics"]["encoder"] == "sst2"
+    # the page's curves: training-loss points every 3 steps, validation points at step 0 and every 10 steps
+    points = [e for e in events if e["kind"] == "epoch"]
+    assert [e["step"] for e in points if "val_acc" not in e] == [3, 6]
+    assert all(e["train_loss"] > 0 for e in points if "val_acc" not in e)
+    assert [e["step"] for e in points if "val_acc" in e] == [0, 8]
     predictor = load_text_classifier(result["folder"])
     assert set(predictor.predict("loved it")) == {"disliked", "liked"}
 

@@ -287,6 +287,7 @@ class TextTrainConfig:
     max_tokens: int = 64  # training truncates here (sentences are short); prediction allows MAX_TOKENS
     time_budget: float = 0.0  # seconds, 0 = none; the schedule follows whichever of epochs/time ends first
     eval_every: int = 500  # optimizer steps between validation passes
+    report_every: int = 20  # optimizer steps between training-loss reports
     seed: int = 0
     bf16: bool = True
 
@@ -369,7 +370,7 @@ def train_text_classifier(train_texts: list[str], train_labels: list[str], val_t
         return accuracy
 
     best_acc, best_state, history = -1.0, None, []
-    started, step, running = time.perf_counter(), 0, None
+    started, step, running, recent = time.perf_counter(), 0, None, []
     warmup = max(1, int(config.warmup_fraction * total_steps))
     model.train()
     stream = batches()
@@ -397,9 +398,11 @@ def train_text_classifier(train_texts: list[str], train_labels: list[str], val_t
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        recent.append(loss.item())
         step += 1
-        if on_progress and step % 20 == 0:
+        if step % config.report_every == 0:  # the training loss shown is the mean since the last report
+            running, recent = sum(recent) / len(recent), []
+        if on_progress and step % config.report_every == 0:
             on_progress({"kind": "step", "step": step, "total_steps": total_steps, "fraction": fraction,
                          "epoch": step / steps_per_epoch, "train_loss": running, "elapsed": elapsed})
     if best_state is not None:
