@@ -358,7 +358,7 @@ def kind_changed(kind_label: str):
     kind = KINDS[kind_label]
     return (gr.Group(visible=kind == "image"), gr.Group(visible=kind == "text"), gr.Group(visible=kind == "chargpt"),
             gr.Slider(value=BUDGETS[kind]), HINTS[kind], gr.Image(visible=kind == "image"), gr.Textbox(visible=kind != "image"),
-            gr.Button(visible=kind == "image"), gr.Button(visible=kind != "image"))
+            gr.Button(visible=kind == "image"), gr.Button(visible=kind != "image"), gr.Gallery(visible=kind == "image"))
 
 
 def build(owner: gr.BrowserState) -> dict:
@@ -447,7 +447,7 @@ def build(owner: gr.BrowserState) -> dict:
     timer = gr.Timer(1.0, active=False)
 
     kind.change(kind_changed, inputs=kind, outputs=[image_settings, text_settings, chargpt_settings, budget, hint,
-                                                    try_image_input, try_text_input, try_image_button, try_text_button],
+                                                    try_image_input, try_text_input, try_image_button, try_text_button, samples],
                 api_name=False)
     backbone.change(lambda name: gr.Radio(value="probe") if "/" in (name or "") else gr.Radio(), inputs=backbone,
                     outputs=strategy, api_name=False)
