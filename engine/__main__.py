@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="image: a zip or folder of class folders, or images plus one filename,label CSV; "
                                "text: a CSV/TSV with text and label columns; chargpt: a .txt")
     finetune.add_argument("--out", help="model folder to write (default ./minilab-KIND-model)")
-    finetune.add_argument("--time-budget", type=float, help="seconds of training (defaults: image 45, text 25, chargpt 100)")
+    finetune.add_argument("--time-budget", type=float, help="seconds of training (defaults: image 50, text 25, chargpt 100)")
     finetune.add_argument("--backbone", help="image: cifar10, mnist or scratch; text: auto, sst2 or minilm")
     finetune.add_argument("--strategy", help="image: finetune (default) or probe; text: lora (default) or probe")
     finetune.add_argument("--init", help="chargpt: scratch or shakespeare")

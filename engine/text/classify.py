@@ -403,9 +403,9 @@ def train_text_classifier(train_texts: list[str], train_labels: list[str], val_t
         step += 1
         if step % config.report_every == 0:  # the training loss shown is the mean since the last report
             running, recent = sum(recent) / len(recent), []
-        if on_progress and step % config.report_every == 0:
-            on_progress({"kind": "step", "step": step, "total_steps": total_steps, "fraction": fraction,
-                         "epoch": step / steps_per_epoch, "train_loss": running, "elapsed": elapsed})
+            if on_progress:
+                on_progress({"kind": "step", "step": step, "total_steps": total_steps, "fraction": fraction,
+                             "epoch": step / steps_per_epoch, "train_loss": running, "elapsed": elapsed})
     if best_state is not None:
         model.load_saved_state(best_state)
     metrics = {"val_accuracy": round(best_acc, 4) if val_texts else None, "n_train": len(train_texts), "n_val": len(val_texts),

@@ -243,10 +243,12 @@ def finetune_text_classifier(paths: list[str | Path], config: TextFinetuneConfig
 
         def relay(event: dict) -> None:
             """Validation passes and training-loss reports both become points of the page's curves."""
+            if event.get("kind") not in ("eval", "step"):
+                return report(event)
             point = {**event, "kind": "epoch", "epoch": round(event["epoch"], 2)}
-            if event.get("kind") == "eval":
+            if event["kind"] == "eval":
                 history.append(point)
-            report(point if event.get("kind") in ("eval", "step") else event)
+            report(point)
 
         model, _, fit = train_text_classifier(train_texts, train_labels, val_texts, val_labels, train_config, relay,
                                               should_stop, device, init_state=encoder_weights)
