@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.checkpoints import load_model, load_own_state, save_model
+from engine.device import Int8Linear
 from engine.errors import UserError
 
 ProgressFn = Callable[[dict], None]
@@ -301,8 +302,6 @@ def direct_linear(layer: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     its forward() calls. Anything else is called as it is."""
     if type(layer) is nn.Linear:
         return functools.partial(F.linear, weight=layer.weight, bias=layer.bias)
-    from engine.device import Int8Linear
-
     if type(layer) is Int8Linear and layer._packed_params.dtype == torch.qint8:
         operator, packed, reduce_range = (torch.ops.quantized.linear_dynamic.default,
                                           layer._packed_params._packed_params, layer.reduce_range)

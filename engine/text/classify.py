@@ -157,8 +157,8 @@ class TextPredictor:
         def run(chosen: list[int]) -> None:
             with _TOKENIZER_LOCK:  # a tokenizer is not safe to share between threads; a batch is tokenised in microseconds
                 batch = self.tokenizer([texts[i] for i in chosen], padding=True, truncation=True,
-                                       max_length=self.max_tokens, return_tensors="pt").to(self.device)
-            out[chosen] = compute(batch).float().cpu().numpy()
+                                       max_length=self.max_tokens, return_tensors="pt")
+            out[chosen] = compute(batch.to(self.device)).float().cpu().numpy()
 
         # On the CPU the batches share out the caller's threads, one thread per batch at a time.
         workers = torch.get_num_threads() if self.device.type == "cpu" else 1
