@@ -16,6 +16,7 @@ import pandas as pd
 
 from demos.common import control_job, ensure_owner, friendly_errors, latest_job, model_zip, session_key
 from engine.errors import UserError
+from engine.finetune import default_config
 from engine.registry import default_registry, model_entry_for_folder
 
 KINDS = {"Images": "image", "Labelled text": "text", "Plain text": "chargpt"}
@@ -109,8 +110,6 @@ def _problem(check, counts: dict, *args) -> str | None:
 
 def _config(kind: str, backbone, strategy, text_backbone, text_strategy, init, budget, epochs, lr, batch_size,
             val_fraction, image_size, flip, seed):
-    from engine.finetune import default_config
-
     config = default_config(kind)
     for name, value in (("time_budget", budget), ("seed", seed)):
         if value is not None:
@@ -351,13 +350,17 @@ def load_model_zip(file, owner: str | None, request: gr.Request):
 HINTS = {"image": "A **zip of class folders** (`cats/…`, `dogs/…`), or several images plus a **CSV of filename,label**.",
          "text": "A **CSV or TSV** with a text column (`text`, `sentence`, `review`…) and a label column (`label`, `class`…).",
          "chargpt": "A **plain-text file** (.txt): a book, song lyrics, code… 100 kB or more gives words and lines."}
-BUDGETS = {"image": 45, "text": 25, "chargpt": 100}
+
+
+def _budget(kind: str) -> float:
+    """The engine's default training time for a kind: the page starts where the CLI and benchmarks do."""
+    return default_config(kind).time_budget
 
 
 def kind_changed(kind_label: str):
     kind = KINDS[kind_label]
     return (gr.Group(visible=kind == "image"), gr.Group(visible=kind == "text"), gr.Group(visible=kind == "chargpt"),
-            gr.Slider(value=BUDGETS[kind]), HINTS[kind], gr.Image(visible=kind == "image"), gr.Textbox(visible=kind != "image"),
+            gr.Slider(value=_budget(kind)), HINTS[kind], gr.Image(visible=kind == "image"), gr.Textbox(visible=kind != "image"),
             gr.Button(visible=kind == "image"), gr.Button(visible=kind != "image"), gr.Gallery(visible=kind == "image"))
 
 
@@ -398,15 +401,16 @@ def build(owner: gr.BrowserState) -> dict:
     with gr.Group(visible=False) as chargpt_settings:
         init = gr.Radio([("From scratch", "scratch"), ("Continue from the Shakespeare model", "shakespeare")],
                         value="scratch", label="Start")
-    budget = gr.Slider(1, 600, value=45, step=1, label="Training time (seconds)")
+    image_defaults = default_config("image")  # the settings the CLI and benchmarks use, so the page matches them
+    budget = gr.Slider(1, 600, value=image_defaults.time_budget, step=1, label="Training time (seconds)")
     with gr.Accordion("Advanced", open=False):
         with gr.Row():
-            epochs = gr.Number(value=60, precision=0, label="Images: at most this many epochs")
-            lr = gr.Number(value=0.2, label="Images: learning rate (SGD, one-cycle)")
-            batch_size = gr.Number(value=64, precision=0, label="Images: batch size")
-            val_fraction = gr.Slider(0.05, 0.5, value=0.15, step=0.05, label="Held out for validation")
-            image_size = gr.Number(value=0, precision=0, label="Images: side in pixels (0 = the backbone's)")
-            seed = gr.Number(value=0, precision=0, label="Seed")
+            epochs = gr.Number(value=image_defaults.max_epochs, precision=0, label="Images: at most this many epochs")
+            lr = gr.Number(value=image_defaults.lr, label="Images: learning rate (SGD, one-cycle)")
+            batch_size = gr.Number(value=image_defaults.batch_size, precision=0, label="Images: batch size")
+            val_fraction = gr.Slider(0.05, 0.5, value=image_defaults.val_fraction, step=0.05, label="Held out for validation")
+            image_size = gr.Number(value=image_defaults.image_size, precision=0, label="Images: side in pixels (0 = the backbone's)")
+            seed = gr.Number(value=image_defaults.seed, precision=0, label="Seed")
     with gr.Row():
         train_button = gr.Button("Train", variant="primary", elem_id="ft-train")
         pause_button = gr.Button("Pause")
@@ -414,8 +418,10 @@ def build(owner: gr.BrowserState) -> dict:
         cancel_button = gr.Button("Cancel", variant="stop")
     progress = gr.Markdown(IDLE, elem_id="ft-progress")
     with gr.Row():
-        loss_plot = gr.LinePlot(x="epoch", y="value", color="series", label="Loss", height=260, elem_id="ft-loss")
-        accuracy_plot = gr.LinePlot(x="epoch", y="value", color="series", label="Accuracy", height=260, y_lim=[0, 1])
+        # No fixed height: Gradio's plots count the legend inside it, and a short plot clips the legend away.
+        loss_plot = gr.LinePlot(x="epoch", y="value", color="series", label="Loss", y_title="loss", elem_id="ft-loss")
+        accuracy_plot = gr.LinePlot(x="epoch", y="value", color="series", label="Accuracy", y_title="accuracy", y_lim=[0, 1],
+                                    elem_id="ft-accuracy")
     results = gr.Markdown(elem_id="ft-results")
     with gr.Row():
         confusion = gr.Plot(label="Confusion matrix")

@@ -213,8 +213,8 @@ def build(owner: gr.BrowserState | None = None) -> dict:
         cancel_button = gr.Button("Cancel", variant="stop")
     progress = gr.Markdown("No training yet: set the knobs and press **Start**.", elem_id="rl-progress")
     with gr.Row():
-        reward_plot = gr.LinePlot(x="episode", y="value", color="series", label="Reward per episode", height=260)
-        learning_plot = gr.LinePlot(x="step", y="value", color="series", label="Exploration ε and TD loss", height=260)
+        reward_plot = gr.LinePlot(x="episode", y="value", color="series", label="Reward per episode", y_title="reward")
+        learning_plot = gr.LinePlot(x="step", y="value", color="series", label="Exploration ε and TD loss")
     with gr.Row():
         download = gr.File(label="Your agent (zip): load it again below", interactive=False)
         upload = gr.File(label="Load an agent zip", file_types=[".zip"])

@@ -26,6 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
+from engine.device import DEFAULT_THREADS
 from engine.errors import UserError
 
 QUEUED, RUNNING, PAUSED = "queued", "running", "paused"
@@ -294,10 +297,8 @@ class JobRunner:
         """The body of a job's thread: make the workdir, call fn, record how it ended, start the next job."""
         returned, error = None, None
         try:
-            if self.threads:  # PyTorch's thread count is per thread: this limits the job, not the web server
-                import torch
-
-                torch.set_num_threads(self.threads)
+            # Always set: a new thread starts with the count another thread set last (a web request's 1, say).
+            torch.set_num_threads(self.threads or DEFAULT_THREADS)
             lower_thread_priority(self.nice)
             workdir = Path(tempfile.mkdtemp(prefix="minilab-job-"))
             with self._cond:

@@ -499,3 +499,29 @@ def test_job_threads_run_at_low_priority_and_the_server_does_not(make_runner):
     plain = make_runner(nice=0)
     job = plain.submit("a", own_priority)
     assert plain.wait(job, "a", timeout=WAIT).result == before
+
+
+@pytest.mark.skipif(jobs_module.DEFAULT_THREADS < 2, reason="needs a machine with 2 or more cores")
+def test_a_job_trains_on_every_core_after_a_request_ran_on_one(make_runner):
+    """A new thread starts with the PyTorch thread count that any thread set last. The web app runs each request
+    on 1 thread, so a job started after a request would have trained on 1 core (the Fine-tune tab ran at half the
+    speed of the CLI); the runner gives every job thread PyTorch's default count, or the one it was configured with."""
+    import torch
+
+    from engine.device import use_request_threads
+
+    def thread_count(ctx: JobContext) -> int:
+        return torch.get_num_threads()
+
+    before = torch.get_num_threads()
+    try:
+        use_request_threads()  # what every web request does first
+        assert torch.get_num_threads() == 1
+        runner = make_runner()
+        job = runner.submit("a", thread_count)
+        assert runner.wait(job, "a", timeout=WAIT).result == jobs_module.DEFAULT_THREADS
+        configured = make_runner(threads=1)
+        job = configured.submit("a", thread_count)
+        assert configured.wait(job, "a", timeout=WAIT).result == 1
+    finally:
+        torch.set_num_threads(before)
