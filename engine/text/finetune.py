@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.errors import UserError
+from engine.safe_import import import_names
 from engine.uploads import check_classes
 
 ProgressFn = Callable[[dict], None]
@@ -84,7 +85,7 @@ def encoder(name: str):
             if name == "sst2":
                 _encoders[name] = load_text_classifier(sst2_folder(), trace=False)  # only its features are used
             else:
-                from transformers import AutoTokenizer
+                AutoTokenizer, = import_names("transformers", "AutoTokenizer")
 
                 from engine.text.classify import BASE_PACKAGE
 

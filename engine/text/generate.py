@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.errors import UserError
+from engine.safe_import import import_names
 from engine.text.chargpt import CharGPT, CharTokenizer, evaluate_text, filter_logits, generate, load_chargpt, trace_step
 
 MAX_NEW_TOKENS = 5_000
@@ -95,7 +96,7 @@ class HFCausalLM:
     kind = "tokens"
 
     def __init__(self, model_id: str, device: torch.device | str = "cpu", local_files_only: bool = True):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        AutoModelForCausalLM, AutoTokenizer = import_names("transformers", "AutoModelForCausalLM", "AutoTokenizer")
 
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model_id, local_files_only=local_files_only)

@@ -19,6 +19,7 @@ from torch import nn
 from engine.checkpoints import load_model
 from engine.errors import UserError
 from engine.images import load_image
+from engine.safe_import import import_names
 from engine.vision import preprocess
 from engine.vision.tta import tta_logits
 
@@ -151,7 +152,8 @@ class TransformersClassifier(ImageClassifier):
     """Any Hugging Face image-classification model: a hub id (cached, or downloaded when online) or a local folder."""
 
     def __init__(self, model_id: str, device: torch.device | str = "cpu", local_files_only: bool = True):
-        from transformers import AutoImageProcessor, AutoModelForImageClassification
+        AutoImageProcessor, AutoModelForImageClassification = import_names(
+            "transformers", "AutoImageProcessor", "AutoModelForImageClassification")
 
         try:
             self.processor = AutoImageProcessor.from_pretrained(model_id, local_files_only=local_files_only)
