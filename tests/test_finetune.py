@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image, ImageDraw
 
 from engine.errors import UserError
@@ -236,12 +237,16 @@ def test_lora_on_sentiment_labels_starts_from_the_whole_sst2_model(tmp_path):
     _, same = arch_for("sst2", ["negative", "positive"])
     _, other = arch_for("sst2", ["disliked", "liked"])
     assert "head.weight" in same and "head.weight" not in other
+    for names in (["Negative", "Positive"], ["neg", "pos"], ["NEG ", "POS"]):  # any case, short names, stray spaces
+        assert torch.equal(arch_for("sst2", names)[1]["head.weight"], same["head.weight"]), names
+    for names in (["negative", "neutral", "positive"], ["positive", "spam"]):
+        assert "head.weight" not in arch_for("sst2", names)[1], names
     assert set(same) - set(other) == {"head.weight", "head.bias"}
     path = write_reviews(tmp_path / "r.csv", 12)
-    path.write_text(path.read_text().replace("disliked", "negative").replace("liked", "positive"))
+    path.write_text(path.read_text().replace("disliked", "Negative").replace("liked", "Positive"))
     config = TextFinetuneConfig(strategy="lora", time_budget=4, lora_epochs=1)
     result = finetune_text_classifier([path], config, tmp_path / "model")
-    assert result["metrics"]["classes"] == ["negative", "positive"]
+    assert result["metrics"]["classes"] == ["Negative", "Positive"]  # the upload's own names are kept
     first = result["history"][0]
     assert first["step"] == 0 and first["val_acc"] >= 0.8  # sst2 reads these reviews before any training
 

@@ -96,10 +96,14 @@ def encoder(name: str):
         return _encoders[name]
 
 
+SENTIMENT_NAMES = {"negative": "negative", "neg": "negative", "positive": "positive", "pos": "positive"}  # sst2's labels
+
+
 def arch_for(backbone: str, classes: list[str]) -> tuple[dict, dict[str, torch.Tensor]]:
     """The minilm-classifier arch_config of a model on this encoder, and the weights it starts from: the sst2
-    adapters, and sst2's head too when the classes are sst2's own (an upload of negative/positive reviews then
-    starts from a model that already reads sentiment, and training adapts it to the upload's domain)."""
+    adapters, and sst2's head too when the classes are sst2's own, in any case or short (Negative/Positive,
+    neg/pos): an upload of reviews then starts from a model that already reads sentiment, and training adapts
+    it to the upload's domain. Other labels get a new head."""
     from safetensors.torch import load_file
 
     from engine.checkpoints import read_card
@@ -110,7 +114,7 @@ def arch_for(backbone: str, classes: list[str]) -> tuple[dict, dict[str, torch.T
     folder = sst2_folder()
     card = read_card(folder)
     arch = dict(card["arch_config"], n_labels=len(classes))
-    same_classes = list(classes) == list(card["labels"])
+    same_classes = [SENTIMENT_NAMES.get(name.strip().lower()) for name in classes] == list(card["labels"])
     weights = {k: v for k, v in load_file(folder / "weights.safetensors").items() if same_classes or not k.startswith("head.")}
     return arch, weights
 
