@@ -134,7 +134,8 @@ class JobRunner:
         self.max_concurrent = max_concurrent
         self.time_limit_s = time_limit_s
         self.max_queued = max_queued
-        self.threads = threads  # CPU threads each job's PyTorch may use (None: PyTorch's default, every core)
+        self.threads = threads  # CPU threads each job's PyTorch may use (None: the cores shared among the jobs that
+        # run at once; two jobs on two OpenMP teams of every core would wait on each other's threads)
         self.keep_finished = keep_finished  # finished jobs kept per session; older ones (and their files) go
         self.nice = nice  # scheduling priority of job threads (Linux nice, 0-19): training gets the CPU inference leaves
         self._cond = threading.Condition()  # guards everything below; notified on every state change
@@ -298,7 +299,7 @@ class JobRunner:
         returned, error = None, None
         try:
             # Always set: a new thread starts with the count another thread set last (a web request's 1, say).
-            torch.set_num_threads(self.threads or DEFAULT_THREADS)
+            torch.set_num_threads(self.threads or max(1, DEFAULT_THREADS // self.max_concurrent))
             lower_thread_priority(self.nice)
             workdir = Path(tempfile.mkdtemp(prefix="minilab-job-"))
             with self._cond:
@@ -372,9 +373,10 @@ _default_lock = threading.Lock()
 
 def default_runner() -> JobRunner:
     """The process-wide runner, from MINILAB_MAX_JOBS (1), MINILAB_JOB_TIME_LIMIT (600 s; 0 means none),
-    MINILAB_MAX_QUEUED (32), MINILAB_JOB_THREADS (0: every core), MINILAB_JOB_NICE (19: training threads
-    run at the lowest priority, so pages and predictions stay quick while a job trains) and MINILAB_KEEP_JOBS
-    (5 finished jobs kept per browser). Created on first use, under a lock so two threads never make two."""
+    MINILAB_MAX_QUEUED (32), MINILAB_JOB_THREADS (0: the cores, divided among the jobs that run at once),
+    MINILAB_JOB_NICE (19: training threads run at the lowest priority, so pages and predictions stay quick while
+    a job trains) and MINILAB_KEEP_JOBS (5 finished jobs kept per browser). Created on first use, under a lock so
+    two threads never make two."""
     global _default
     with _default_lock:
         if _default is None:

@@ -505,7 +505,8 @@ def test_job_threads_run_at_low_priority_and_the_server_does_not(make_runner):
 def test_a_job_trains_on_every_core_after_a_request_ran_on_one(make_runner):
     """A new thread starts with the PyTorch thread count that any thread set last. The web app runs each request
     on 1 thread, so a job started after a request would have trained on 1 core (the Fine-tune tab ran at half the
-    speed of the CLI); the runner gives every job thread PyTorch's default count, or the one it was configured with."""
+    speed of the CLI). The runner gives each job thread PyTorch's default count divided among the jobs that may
+    run at once, or the count it was configured with."""
     import torch
 
     from engine.device import use_request_threads
@@ -520,6 +521,9 @@ def test_a_job_trains_on_every_core_after_a_request_ran_on_one(make_runner):
         runner = make_runner()
         job = runner.submit("a", thread_count)
         assert runner.wait(job, "a", timeout=WAIT).result == jobs_module.DEFAULT_THREADS
+        shared = make_runner(max_concurrent=2)  # two jobs at once share the cores
+        job = shared.submit("a", thread_count)
+        assert shared.wait(job, "a", timeout=WAIT).result == max(1, jobs_module.DEFAULT_THREADS // 2)
         configured = make_runner(threads=1)
         job = configured.submit("a", thread_count)
         assert configured.wait(job, "a", timeout=WAIT).result == 1
