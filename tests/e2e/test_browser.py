@@ -178,6 +178,12 @@ def test_finetune_tab_uploads_a_zip_and_the_curve_moves(page, tmp_path):
     drawings = sorted(set(page.evaluate("() => window.__plots")))
     assert len(drawings) >= 3, f"the loss curve should be redrawn as training goes, saw {drawings}"
     assert "done" in page.locator("#ft-progress").inner_text()
+    # the legend names both curves inside the plot's box (a plot given a fixed height clipped its legend away)
+    legend = page.evaluate("""() => {
+        const box = document.querySelector('#ft-loss').getBoundingClientRect();
+        return [...document.querySelectorAll('#ft-loss svg text')].filter(t => t.textContent.endsWith(' loss'))
+            .map(t => [t.textContent, t.getBoundingClientRect().bottom <= box.bottom]); }""")
+    assert sorted(legend) == [["training loss", True], ["validation loss", True]], legend
     # the new model is offered in the Image tab of this browser
     page.get_by_role("tab", name="Image classification").click()
     page.locator("#image-model input").click()
