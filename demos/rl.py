@@ -109,6 +109,8 @@ def _progress_markdown(job) -> str:
     progress = job.progress or {}
     total = (job.config or {}).get("total_steps") or 1
     step = int(progress.get("step", 0))
+    if job.done and isinstance(job.result, dict):  # episodes report as they end; the run's own count is exact
+        step = int(job.result.get("metrics", {}).get("total_steps", step))
     if job.state == "queued":
         return f"⏳ Waiting for the trainer: position **{job.queue_position}** in the queue."
     filled = int(20 * min(1.0, step / total))

@@ -148,6 +148,7 @@ def test_rl_train_then_replay_download_and_reload(client, tmp_path):
     progress, rewards, learning, agent, download, _ = poll_until_done(client, OWNER_A)
     agent = value_of(agent)
     assert "done" in progress and agent.startswith("my-cartpole-")
+    assert "█" * 20 in progress and "░" not in progress  # a finished run's bar is full, whenever its last episode ended
     assert rewards is not None  # the reward curve has points
     video, verdict = client.predict(agent, 0, OWNER_A, api_name="/rl_play")
     assert "return" in verdict
