@@ -27,7 +27,7 @@ REQUEST_THREADS = max(1, int(os.environ.get("MINILAB_REQUEST_THREADS", 1)))
 # PyTorch's own thread count (every core, or OMP_NUM_THREADS), read when this module is first imported, so before
 # use_request_threads can lower it. A new thread starts with the count that any thread set last: once the web app
 # has run a request on 1 thread, a training job's new thread would train on 1 core too, at half the speed.
-# engine.jobs gives each job thread this count explicitly.
+# engine.jobs gives each job thread its share of this count explicitly.
 DEFAULT_THREADS = torch.get_num_threads()
 
 
