@@ -382,7 +382,7 @@ def build(owner: gr.BrowserState) -> dict:
                             label="Example: 60 labelled reviews (pick 'Labelled text')")
         with gr.Column(scale=5):
             summary = gr.Markdown("Upload data to see what minilab understood.", elem_id="ft-summary")
-            samples = gr.Gallery(label="Samples per class", columns=6, height=220, elem_id="ft-samples")
+            samples = gr.Gallery(label="Samples per class", columns=6, height=220, elem_id="ft-samples", fit_columns=False)
     with gr.Group(visible=True) as image_settings:
         with gr.Row():
             backbone = gr.Dropdown([("cifar10 network (photos)", "cifar10"), ("mnist network (drawings)", "mnist"),
@@ -427,7 +427,7 @@ def build(owner: gr.BrowserState) -> dict:
         confusion = gr.Plot(label="Confusion matrix")
         per_class = gr.Dataframe(label="Accuracy per class", interactive=False)
     mistakes = gr.Gallery(label="Validation images it gets most wrong (highest loss first: check their labels)",
-                          columns=8, height=240, visible=False)
+                          columns=8, height=240, visible=False, fit_columns=False)  # one mistake: a thumbnail, not a banner
     text_mistakes = gr.Dataframe(label="Validation rows it gets most wrong (highest loss first)", interactive=False, wrap=True,
                                  visible=False)
     gr.Markdown("### Try it")
