@@ -178,6 +178,11 @@ class JobRunner:
         with self._cond:
             return [self._snapshot(job) for job in self._jobs.values() if job.session == session]
 
+    def training(self) -> bool:
+        """Whether any job is training right now (not queued, not paused): background chores wait for it."""
+        with self._cond:
+            return any(job.state == RUNNING for job in self._active)
+
     def cancel(self, job_id: str, session: str) -> JobStatus:
         """A queued job is dropped at once; a running one stops at its next should_stop(). Finished: no-op."""
         with self._cond:

@@ -529,3 +529,37 @@ def test_a_job_trains_on_every_core_after_a_request_ran_on_one(make_runner):
         assert configured.wait(job, "a", timeout=WAIT).result == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_apps_warm_up_waits_while_a_job_trains(make_runner, monkeypatch):
+    """Loading the tabs' models beside a job that was started in the app's first seconds took CPU from the job,
+    whose clock was running. The warm-up waits for training to finish, then loads every model, on one PyTorch
+    thread: a waiting thread that owned an OpenMP team of two made OpenMP put the job's threads to sleep between
+    operations (the job used 67 of 80 CPU-seconds)."""
+    import torch
+
+    import app
+    import engine.registry
+
+    runner = make_runner()
+    loaded: list[str] = []
+
+    class Recorder:
+        def get(self, name: str) -> None:
+            loaded.append((name, torch.get_num_threads()))
+
+    monkeypatch.setattr(jobs_module, "default_runner", lambda: runner)
+    monkeypatch.setattr(engine.registry, "default_registry", lambda: Recorder())
+    gate, started = gate_for(make_runner), threading.Event()
+    job_id = runner.submit("alice", blocker(gate, started))
+    assert started.wait(WAIT) and runner.training()
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # a new thread starts with the count set last: the warm-up must choose its own
+    warm = threading.Thread(target=app.warm_up, kwargs={"pause_s": 0.01})
+    warm.start()
+    torch.set_num_threads(before)
+    time.sleep(0.3)
+    assert loaded == []
+    runner.pause(job_id, "alice")  # a paused job does not train: nothing to wait for
+    warm.join(WAIT)
+    assert loaded == [(name, 1) for name in app.WARM_MODELS] and not warm.is_alive()
