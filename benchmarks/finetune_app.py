@@ -19,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from engine.finetune import default_config  # noqa: E402
 from engine.vision.data import find_data_file  # noqa: E402
 from finetune_images import make_upload  # noqa: E402
 from finetune_text import reviews_upload  # noqa: E402
-from load import cpu_seconds, free_port  # noqa: E402
+from load import cpu_seconds, free_port, wait_for_page  # noqa: E402
 
 
 def page_settings(kind: str) -> list:
@@ -85,18 +84,11 @@ def main() -> None:
         upload, unseen = make_data(args.kind, args.seed, tmp, args.data_dir)
         port = free_port()
         url = f"http://127.0.0.1:{port}/"
-        log = open(tmp / "app.log", "w")
+        log = tempfile.NamedTemporaryFile(prefix="minilab-bench-", suffix=".log", delete=False)
         app = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                env=dict(os.environ, MINILAB_OFFLINE="1"))
         try:
-            for _ in range(240):
-                try:
-                    urllib.request.urlopen(url, timeout=2).close()
-                    break
-                except OSError:
-                    time.sleep(0.25)
-            else:
-                sys.exit(f"the app did not start: {(tmp / 'app.log').read_text()[-2000:]}")
+            wait_for_page(url, log.name)
             client = Client(url, verbose=False)
             if args.warm:
                 client.predict("sst2", "warm", api_name="/classify_text")  # answers once sst2 is loaded

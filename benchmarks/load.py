@@ -49,6 +49,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_for_page(url: str, log: str, seconds: float = 120.0) -> None:
+    """Return once the app answers at url (it starts in a few seconds); exit naming its log if it never does."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except OSError:
+            time.sleep(0.25)
+    sys.exit(f"the app did not start: see {log}")
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (from /proc/PID/stat, in clock ticks)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -210,14 +222,7 @@ def main() -> None:
     recorder, memory = Recorder(), []
     tmp = Path(tempfile.mkdtemp(prefix="minilab-load-"))
     try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(url, timeout=2).close()
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            sys.exit(f"the app did not start: see {log.name}")
+        wait_for_page(url, log.name)
         upload = shapes_zip(tmp / "shapes.zip")
         warm_up(url)
         before = temp_entries()
