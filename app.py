@@ -87,12 +87,12 @@ def warm_up(pause_s: float = 0.5) -> None:
 
     use_request_threads()
     for name in WARM_MODELS:
-        while default_runner().training():
-            time.sleep(pause_s)
         try:
+            while default_runner().training():
+                time.sleep(pause_s)
             default_registry().get(name)
-        except Exception:  # a missing model shows up in the System tab; never stop the server for it
-            pass
+        except Exception:  # a missing model shows up in the System tab, a bad MINILAB_* setting on the page
+            pass  # that starts a job; never stop the server for either
 
 
 def main(argv: list[str] | None = None) -> None:
