@@ -249,6 +249,8 @@ def _results(job) -> tuple[str, object, pd.DataFrame | None, list, pd.DataFrame 
     text = (f"### {name}\nValidation accuracy **{metrics['val_accuracy']:.1%}** on {metrics['n_val']:,} held-out "
             f"examples (trained on {metrics['n_train']:,}; {metrics['seconds']:.0f} s{extra}). "
             f"Try it below; it is also in {where} for this session.")
+    if not result["misclassified"]:
+        text += " Every held-out example is classified right, so there are no mistakes to show."
     figure = _confusion_figure(result["confusion"], result["classes"])
     gallery, table = [], None
     if kind == "image":
@@ -273,7 +275,8 @@ def poll(owner: str | None, request: gr.Request):
         text, figure, per_class, gallery, table, download = _results(job)
         kind = job.result["kind"]
         return (_progress_markdown(job), loss, accuracy, text, figure, per_class,
-                gr.Gallery(value=gallery, visible=kind == "image"), gr.Dataframe(value=table, visible=kind == "text"),
+                gr.Gallery(value=gallery, visible=kind == "image" and bool(gallery)),
+                gr.Dataframe(value=table, visible=kind == "text" and table is not None and len(table) > 0),
                 download, gr.Timer(active=False))
     return (_progress_markdown(job), loss, accuracy, "", None, None, *hidden, None, gr.Timer(active=not job.done))
 

@@ -125,3 +125,22 @@ def test_two_browsers_never_see_each_others_models_or_files(client, tmp_path):
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(f"{base}/gradio_api/file={path}", timeout=10)
         assert refused.value.code in (403, 404)
+
+
+def test_results_say_so_when_no_validation_example_is_wrong(monkeypatch):
+    """With every held-out image right, the page said nothing and showed an empty gallery; now it says why."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from demos import finetune
+
+    monkeypatch.setattr(finetune, "model_zip", lambda folder, name: f"{folder}.zip")
+    result = {"kind": "image", "name": "m", "folder": "/nowhere/m", "classes": ["a", "b"], "confusion": [[2, 0], [0, 2]],
+              "misclassified": [], "metrics": {"val_accuracy": 1.0, "n_val": 4, "n_train": 10, "seconds": 3,
+                                                "per_class_accuracy": {"a": 1.0, "b": 1.0}}}
+    text, _, _, gallery, _, _ = finetune._results(SimpleNamespace(result=result))
+    assert "no mistakes to show" in text and gallery == []
+    mistake = {"image": torch.zeros(3, 8, 8, dtype=torch.uint8), "file": "x.png", "true": "a", "predicted": "b", "confidence": 0.9}
+    text, _, _, gallery, _, _ = finetune._results(SimpleNamespace(result=dict(result, misclassified=[mistake])))
+    assert "no mistakes" not in text and len(gallery) == 1 and "labelled a, predicted b" in gallery[0][1]
