@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from engine.finetune import default_config  # noqa: E402
 from engine.vision.data import find_data_file  # noqa: E402
-from finetune_images import make_upload  # noqa: E402
+from finetune_images import draw_upload, make_upload  # noqa: E402
 from finetune_text import reviews_upload  # noqa: E402
 from load import cpu_seconds, free_port, wait_for_page  # noqa: E402
 
@@ -57,9 +57,7 @@ def make_data(kind: str, seed: int, folder: Path, data_dir: str | None) -> tuple
     if kind == "image":
         with np.load(find_data_file("mnist/mnist_subset.npz", data_dir)) as data:
             images, labels = data["x_test"], data["y_test"]
-        rng = np.random.default_rng(seed)  # the same draw as finetune_images.py --seed
-        upload_idx = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:50] for c in range(10)])
-        unseen = np.setdiff1d(np.arange(len(labels)), upload_idx)
+        upload_idx, unseen = draw_upload(labels, seed)  # the same draw as finetune_images.py --seed
         (folder / "upload").mkdir()
         (folder / "unseen").mkdir()
         return (make_upload(images[upload_idx], labels[upload_idx], folder / "upload"),

@@ -38,6 +38,13 @@ def make_upload(images: np.ndarray, labels: np.ndarray, folder: Path) -> Path:
     return target
 
 
+def draw_upload(labels: np.ndarray, seed: int, per_class: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """(indices uploaded: `per_class` random digits of each class, indices of every other digit), by seed."""
+    rng = np.random.default_rng(seed)
+    upload_idx = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in range(10)])
+    return upload_idx, np.setdiff1d(np.arange(len(labels)), upload_idx)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -59,9 +66,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     with np.load(find_data_file("mnist/mnist_subset.npz", args.data_dir)) as data:
         images, labels = data["x_test"], data["y_test"]
-    rng = np.random.default_rng(args.seed)
-    upload_idx = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:args.per_class] for c in range(10)])
-    unseen = np.setdiff1d(np.arange(len(labels)), upload_idx)
+    upload_idx, unseen = draw_upload(labels, args.seed, args.per_class)
     config = ImageFinetuneConfig()
     for name in ("backbone", "strategy", "time_budget", "lr", "val_fraction", "max_rotate", "label_smoothing", "batch_size", "tta_shift", "image_size"):
         if getattr(args, name) is not None:

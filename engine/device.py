@@ -38,10 +38,10 @@ def use_request_threads() -> None:
     job), OpenMP counts more threads than cores and puts its waiting threads to sleep between parallel regions,
     so small operations wait for wake-ups: streaming ran at 410-450 characters/s instead of 2,400. On one
     thread each, requests run side by side without teams (2,240-2,290 characters/s; benchmarks/request_threads.py)."""
-    _set_threads(REQUEST_THREADS)
+    set_threads(REQUEST_THREADS)
 
 
-def _set_threads(count: int) -> None:
+def set_threads(count: int) -> None:
     """The calling thread's PyTorch thread count; set only when it changes (setting it clears oneDNN's cache)."""
     if torch.get_num_threads() != count:
         torch.set_num_threads(count)
@@ -62,7 +62,7 @@ def map_on_cpu_threads(function, items: list, workers: int) -> list:
     team), and one-thread workers make no team that would slow the server's other threads."""
 
     def work(item):
-        _set_threads(1)
+        set_threads(1)
         with torch.no_grad():  # grad mode is per thread: the caller's no_grad does not reach these threads
             return function(item)
 

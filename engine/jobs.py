@@ -26,9 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
-from engine.device import DEFAULT_THREADS
+from engine.device import DEFAULT_THREADS, set_threads
 from engine.errors import UserError
 
 QUEUED, RUNNING, PAUSED = "queued", "running", "paused"
@@ -304,7 +302,7 @@ class JobRunner:
         returned, error = None, None
         try:
             # Always set: a new thread starts with the count another thread set last (a web request's 1, say).
-            torch.set_num_threads(self.threads or max(1, DEFAULT_THREADS // self.max_concurrent))
+            set_threads(self.threads or max(1, DEFAULT_THREADS // self.max_concurrent))
             lower_thread_priority(self.nice)
             workdir = Path(tempfile.mkdtemp(prefix="minilab-job-"))
             with self._cond:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from engine.device import set_threads
 from engine.jobs import JobContext
 from engine.rl.dqn import DQNConfig, evaluate_agent, greedy_policy, play_episodes, save_agent, train_dqn
 from engine.rl.render import Policy, episodes_video, play_episode, random_policy
@@ -68,7 +69,7 @@ def training_job(config: DQNConfig, command: str = "minilab RL tab") -> Callable
     def run(ctx: JobContext) -> dict:
         # A small MLP on batches of 64 trains faster on one thread than on an OpenMP team: on 2 cores,
         # `python -m engine train cartpole` took 56.7 s with --threads 1 and 75.1 s with --threads 2.
-        torch.set_num_threads(1)
+        set_threads(1)
         qnet, metrics = train_dqn(config, on_progress=lambda event: ctx.report(**event), should_stop=ctx.should_stop)
         metrics = {k: v for k, v in metrics.items() if k != "evals"}
         folder = save_agent(qnet, ctx.workdir / "agent", config, metrics, command)
