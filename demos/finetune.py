@@ -364,7 +364,8 @@ def kind_changed(kind_label: str):
     kind = KINDS[kind_label]
     return (gr.Group(visible=kind == "image"), gr.Group(visible=kind == "text"), gr.Group(visible=kind == "chargpt"),
             gr.Slider(value=_budget(kind)), HINTS[kind], gr.Image(visible=kind == "image"), gr.Textbox(visible=kind != "image"),
-            gr.Button(visible=kind == "image"), gr.Button(visible=kind != "image"), gr.Gallery(visible=kind == "image"))
+            gr.Button(visible=kind == "image"), gr.Button(visible=kind != "image"), gr.Gallery(visible=kind == "image"),
+            gr.Textbox(visible=kind == "chargpt"), gr.Label(visible=kind != "chargpt"))
 
 
 def build(owner: gr.BrowserState) -> dict:
@@ -442,7 +443,7 @@ def build(owner: gr.BrowserState) -> dict:
             try_text_button = gr.Button("Run", visible=False)
         with gr.Column():
             try_label = gr.Label(num_top_classes=5, label="Prediction")
-            try_output = gr.Textbox(label="Generated", lines=8, interactive=False)
+            try_output = gr.Textbox(label="Generated", lines=8, interactive=False, visible=False)  # char models only
     with gr.Row():
         download = gr.File(label="Your model (zip: weights, card, labels)", interactive=False, elem_id="ft-download")
         upload_model = gr.File(label="Load a model zip again", file_types=[".zip"])
@@ -456,7 +457,8 @@ def build(owner: gr.BrowserState) -> dict:
     timer = gr.Timer(1.0, active=False)
 
     kind.change(kind_changed, inputs=kind, outputs=[image_settings, text_settings, chargpt_settings, budget, hint,
-                                                    try_image_input, try_text_input, try_image_button, try_text_button, samples],
+                                                    try_image_input, try_text_input, try_image_button, try_text_button, samples,
+                                                    try_output, try_label],
                 api_name=False)
     backbone.change(lambda name: gr.Radio(value="probe") if "/" in (name or "") else gr.Radio(), inputs=backbone,
                     outputs=strategy, api_name=False)

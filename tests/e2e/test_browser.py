@@ -189,3 +189,15 @@ def test_finetune_tab_uploads_a_zip_and_the_curve_moves(page, tmp_path):
     page.locator("#image-model input").click()
     page.wait_for_function("() => [...document.querySelectorAll('[role=option]')].some(o => o.innerText.includes('my-images-'))",
                            timeout=RESULT_TIMEOUT_MS)
+
+
+def test_finetune_try_it_shows_the_outputs_of_the_chosen_kind(page):
+    """A character model's try box writes text; the classifiers show a prediction. Each kind shows only its own."""
+    page.get_by_role("tab", name="Fine-tune").click()
+    seen = {}
+    for kind in ("Plain text", "Labelled text", "Images"):
+        page.get_by_label(kind, exact=True).check()
+        generated = page.get_by_label("Generated")
+        generated.wait_for(state="visible" if kind == "Plain text" else "hidden", timeout=10_000)
+        seen[kind] = (generated.is_visible(), page.get_by_text("Prediction", exact=True).is_visible())
+    assert seen == {"Plain text": (True, False), "Labelled text": (False, True), "Images": (False, True)}, seen
