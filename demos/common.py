@@ -40,6 +40,19 @@ def control_job(action: str, owner: str | None, prefix: str) -> None:
     getattr(default_runner(), action)(job.id, owner)
 
 
+def made_model(job) -> bool:
+    """True once a job has ended with a model folder: a job cancelled while queued has none."""
+    return job.done and isinstance(job.result, dict) and bool(job.result.get("folder"))
+
+
+def ended_empty(job, button: str) -> str | None:
+    """The progress line of a job stopped before it made anything ("kept the best model so far" would mislead)."""
+    if job.state not in ("cancelled", "timed_out") or made_model(job):
+        return None
+    why = "cancelled" if job.state == "cancelled" else "stopped at the time limit"
+    return f"**⏹ {why}** before a model was saved: nothing to keep. Press **{button}** to start again."
+
+
 def model_zip(folder, name: str) -> str:
     """A model folder zipped beside itself (once) for download."""
     from pathlib import Path

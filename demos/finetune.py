@@ -14,7 +14,8 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from demos.common import control_job, ensure_owner, friendly_errors, latest_job, model_zip, session_key
+from demos.common import (control_job, ended_empty, ensure_owner, friendly_errors, latest_job, made_model, model_zip,
+                          session_key)
 from engine.errors import UserError
 from engine.finetune import default_config
 from engine.registry import default_registry, model_entry_for_folder
@@ -163,6 +164,8 @@ def control(action: str, owner: str | None):
 def _progress_markdown(job) -> str:
     if job.state == "queued":
         return f"⏳ Waiting for the trainer: position **{job.queue_position}** in the queue."
+    if stopped := ended_empty(job, "Train"):
+        return stopped
     progress = job.progress or {}
     budget = float(job.config.get("time_budget") or 1)
     stage = progress.get("stage") if progress.get("kind") == "stage" else "training"
@@ -243,7 +246,7 @@ def _results(job) -> tuple[str, object, pd.DataFrame | None, list, pd.DataFrame 
                 f"({metrics['iters']:,} steps, {metrics['seconds']:.0f} s). A sample:\n\n```\n{result['sample']}\n```\n"
                 "Try it below, or pick it in **Text → Generate**.")
         return text, None, None, [], None, model_zip(Path(result["folder"]), name)
-    per_class = pd.DataFrame([{"class": c, "accuracy": a} for c, a in metrics["per_class_accuracy"].items()])
+    per_class = pd.DataFrame([{"class": c, "accuracy": f"{a:.1%}"} for c, a in metrics["per_class_accuracy"].items()])
     where = "**Image classification**" if kind == "image" else "**Text → Sentiment**"
     extra = f" · encoder: {metrics['encoder']}" if metrics.get("encoder") else ""
     text = (f"### {name}\nValidation accuracy **{metrics['val_accuracy']:.1%}** on {metrics['n_val']:,} held-out "
@@ -266,19 +269,23 @@ def _results(job) -> tuple[str, object, pd.DataFrame | None, list, pd.DataFrame 
 def poll(owner: str | None, request: gr.Request):
     """Timer tick (and page load): progress and curves; once the job ends, the results and the new model."""
     job = _latest_job(owner)
-    hidden = gr.Gallery(value=[], visible=False), gr.Dataframe(value=None, visible=False)
+    # The result panels stay hidden until there is something in them (empty ones look broken).
+    hidden = (gr.Plot(value=None, visible=False), gr.Dataframe(value=None, visible=False),
+              gr.Gallery(value=[], visible=False), gr.Dataframe(value=None, visible=False))
     if job is None:
-        return IDLE, None, None, "", None, None, *hidden, None, gr.Timer(active=False)
+        return IDLE, None, None, "", *hidden, None, gr.Timer(active=False)
     loss, accuracy = _curves(job.events)
-    if job.done and isinstance(job.result, dict) and job.result.get("folder"):
+    if made_model(job):
         _register(job, owner, request)
         text, figure, per_class, gallery, table, download = _results(job)
         kind = job.result["kind"]
-        return (_progress_markdown(job), loss, accuracy, text, figure, per_class,
+        return (_progress_markdown(job), loss, accuracy, text,
+                gr.Plot(value=figure, visible=figure is not None),
+                gr.Dataframe(value=per_class, visible=per_class is not None),
                 gr.Gallery(value=gallery, visible=kind == "image" and bool(gallery)),
                 gr.Dataframe(value=table, visible=kind == "text" and table is not None and len(table) > 0),
                 download, gr.Timer(active=False))
-    return (_progress_markdown(job), loss, accuracy, "", None, None, *hidden, None, gr.Timer(active=not job.done))
+    return (_progress_markdown(job), loss, accuracy, "", *hidden, None, gr.Timer(active=not job.done))
 
 
 # ---- 4. use it ----------------------------------------------------------------------------------------------
@@ -286,7 +293,7 @@ def poll(owner: str | None, request: gr.Request):
 
 def _finished_model(owner: str | None, kind: str | None = None):
     job = _latest_job(owner)
-    if job is None or not job.done or not isinstance(job.result, dict) or not job.result.get("folder"):
+    if job is None or not made_model(job):
         raise UserError("Train a model first (or wait until it has finished).")
     if kind and job.result["kind"] != kind:
         raise UserError(f"Your latest model is not {'an image classifier' if kind == 'image' else 'a text model'}.")
@@ -428,8 +435,8 @@ def build(owner: gr.BrowserState) -> dict:
                                     elem_id="ft-accuracy")
     results = gr.Markdown(elem_id="ft-results")
     with gr.Row():
-        confusion = gr.Plot(label="Confusion matrix")
-        per_class = gr.Dataframe(label="Accuracy per class", interactive=False)
+        confusion = gr.Plot(label="Confusion matrix", visible=False)
+        per_class = gr.Dataframe(label="Accuracy per class", interactive=False, visible=False)
     mistakes = gr.Gallery(label="Validation images it gets most wrong (highest loss first: check their labels)",
                           columns=8, height=240, visible=False, fit_columns=False)  # one mistake: a thumbnail, not a banner
     text_mistakes = gr.Dataframe(label="Validation rows it gets most wrong (highest loss first)", interactive=False, wrap=True,

@@ -13,7 +13,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from demos.common import control_job, ensure_owner, friendly_errors, latest_job, model_zip
+from demos.common import control_job, ended_empty, ensure_owner, friendly_errors, latest_job, made_model, model_zip
 from engine.errors import UserError
 from engine.registry import default_registry, model_entry_for_folder
 
@@ -113,6 +113,8 @@ def _progress_markdown(job) -> str:
         step = int(job.result.get("metrics", {}).get("total_steps", step))
     if job.state == "queued":
         return f"⏳ Waiting for the trainer: position **{job.queue_position}** in the queue."
+    if stopped := ended_empty(job, "Start"):
+        return stopped
     filled = int(20 * min(1.0, step / total))
     bar = "█" * filled + "░" * (20 - filled)
     eta = job.elapsed / step * (total - step) if step else None
@@ -135,7 +137,7 @@ def poll(owner: str | None, agent_name: str):
         [{"step": e["step"], "value": e["epsilon"], "series": "epsilon"} for e in episodes]
         + [{"step": e["step"], "value": e["loss"], "series": "loss"} for e in episodes if e.get("loss") is not None])
     dropdown, download = gr.Dropdown(), None
-    if job.done and isinstance(job.result, dict) and job.result.get("folder"):
+    if made_model(job):
         name = f"my-cartpole-{job.id[:6]}"
         registry = default_registry()
         if name not in [e.name for e in registry.list(TASK, owner)]:

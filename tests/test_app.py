@@ -167,3 +167,16 @@ def test_rl_train_then_replay_download_and_reload(client, tmp_path):
     junk.write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(AppError, match="not a readable zip"):
         client.predict(handle_file(str(junk)), OWNER_B, api_name="/rl_upload")
+
+
+def test_an_agent_cancelled_before_it_saved_anything_is_not_said_to_be_kept():
+    """A run cancelled in the queue has no agent; the RL tab said "cancelled (kept what it learned)" anyway."""
+    from types import SimpleNamespace
+
+    from demos import rl
+
+    job = SimpleNamespace(state="cancelled", done=True, result=None, progress={}, config={"total_steps": 1000},
+                          elapsed=0.0, queue_position=0, error=None)
+    assert "nothing to keep" in rl._progress_markdown(job) and "kept" not in rl._progress_markdown(job)
+    job.result = {"folder": "/agents/x", "metrics": {"total_steps": 500}}
+    assert "kept what it learned" in rl._progress_markdown(job) and "500" in rl._progress_markdown(job)

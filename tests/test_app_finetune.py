@@ -46,7 +46,9 @@ def test_inspect_train_try_download_and_reload_elsewhere(client, tmp_path):
     progress, loss, accuracy, results, confusion, per_class, mistakes, text_mistakes, download, _ = wait_until_done(client, ALICE)
     assert "done" in progress and "Validation accuracy" in results
     assert loss is not None and accuracy is not None and confusion is not None
-    assert [row[0] for row in per_class["data"]] == ["circle", "square"]
+    assert confusion["visible"] and per_class["visible"]  # the result panels show once there are results
+    assert [row[0] for row in per_class["value"]["data"]] == ["circle", "square"]
+    assert all(row[1].endswith("%") for row in per_class["value"]["data"])
 
     image = tmp_path / "circle.png"
     image.write_bytes(shape_png("circle", __import__("random").Random(9)))
@@ -64,6 +66,25 @@ def test_inspect_train_try_download_and_reload_elsewhere(client, tmp_path):
     assert download.endswith(".zip") and zipfile.is_zipfile(download)
     owner, message = client.predict(handle_file(download), BOB, api_name="/finetune_load_model")
     assert owner == BOB and "Loaded" in message and "Image classification" in message
+
+
+def test_a_job_waits_its_turn_and_one_cancelled_in_the_queue_says_nothing_was_kept(client, tmp_path):
+    """One trainer: a second browser's job shows its place in the queue; cancelled there, it never trained, so the
+    page must not claim it "kept the best model so far" (it did), nor offer a download or results."""
+    upload = handle_file(str(shapes_zip(tmp_path / "shapes.zip", 10)))
+    first, second = "c" * 31 + "1", "d" * 31 + "2"
+    long_run = list(QUICK_IMAGES)
+    long_run[5] = 120  # the budget: the first job holds the trainer until it is cancelled
+    client.predict(first, "Images", [upload], *long_run, api_name="/finetune_start")
+    client.predict(second, "Images", [upload], *QUICK_IMAGES, api_name="/finetune_start")
+    assert "in the queue" in client.predict(second, api_name="/finetune_poll")[0]
+    client.predict(second, api_name="/finetune_cancel")
+    progress, _, _, results, confusion, per_class, _, _, download, _ = client.predict(second, api_name="/finetune_poll")
+    assert "before a model was saved" in progress and "kept" not in progress
+    assert results == "" and download is None and not confusion["visible"] and not per_class["visible"]
+    client.predict(first, api_name="/finetune_cancel")
+    progress, *_ = wait_until_done(client, first)
+    assert "cancelled (kept the best model so far)" in progress
 
 
 def test_push_without_network_says_so(client):
