@@ -53,6 +53,15 @@ def ended_empty(job, button: str) -> str | None:
     return f"**⏹ {why}** before a model was saved: nothing to keep. Press **{button}** to start again."
 
 
+def model_list(choices: list[tuple[str, str]], current: str | None, fallback: str | None) -> gr.Dropdown:
+    """New choices for a model list, on page load or tab select. The value is sent only when the current one is
+    gone: a click (on an example, say) may have changed it while this update was on its way, and sending the
+    value it had when the event started would undo that click."""
+    if current in [value for _, value in choices]:
+        return gr.Dropdown(choices=choices)
+    return gr.Dropdown(choices=choices, value=fallback)
+
+
 def model_zip(folder, name: str) -> str:
     """A model folder zipped beside itself (once) for download."""
     from pathlib import Path

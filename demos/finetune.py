@@ -28,6 +28,7 @@ REVIEWS_EXAMPLE = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / 
 HUB_BACKBONES = [(f"{name} (hub, probe only)", name) for name in
                  ("torchvision/resnet50", "torchvision/mobilenet_v3_large", "torchvision/efficientnet_b0",
                   "google/vit-base-patch16-224")]
+NO_UPLOAD = "Upload data to see what minilab understood."
 IDLE = "No training yet: upload data, check what was understood, and press **Train**."
 
 
@@ -43,9 +44,18 @@ def _paths(files) -> list[str]:
 
 @friendly_errors
 def inspect_upload(kind_label: str, files):
-    """Read the upload the way training will, and show classes, counts, samples and what was skipped."""
-    kind = KINDS[kind_label]
-    paths = _paths(files)
+    """Read the upload the way training will, and show classes, counts, samples and what was skipped. Runs again
+    when the kind changes. A problem is written in the summary, beside the upload, where it replaces what an
+    earlier upload said (a passing error toast left "Ready to train" from the previous files on the page)."""
+    if not files:
+        return NO_UPLOAD, []
+    try:
+        return _understood(KINDS[kind_label], _paths(files))
+    except UserError as error:
+        return f"❌ **Cannot read this upload:** {error}", []
+
+
+def _understood(kind: str, paths: list[str]) -> tuple[str, list]:
     with tempfile.TemporaryDirectory(prefix="minilab-inspect-") as workdir:
         if kind == "image":
             from engine.uploads import check_classes, read_image_upload
@@ -383,16 +393,19 @@ def build(owner: gr.BrowserState) -> dict:
         with gr.Column(scale=5):
             kind = gr.Radio(list(KINDS), value="Images", label="What do you want to train?", elem_id="ft-kind")
             hint = gr.Markdown(HINTS["image"])
-            files = gr.File(label="Your data", file_count="multiple", elem_id="ft-files",
+            # A fixed height: 500 images and a CSV would otherwise list every file down the page; they scroll here.
+            files = gr.File(label="Your data", file_count="multiple", elem_id="ft-files", height=240,
                             file_types=[".zip", ".csv", ".tsv", ".txt", "image"])
-            examples = [[str(EXAMPLES_DIR / "shapes.zip")]] if (EXAMPLES_DIR / "shapes.zip").is_file() else []
+            # The value of a multiple-file input is a list of files, so each example is [[path]] (a bare path
+            # reached the handler as one file, not a list, and Gradio refused it before inspect_upload ran).
+            examples = [[[str(EXAMPLES_DIR / "shapes.zip")]]] if (EXAMPLES_DIR / "shapes.zip").is_file() else []
             if examples:
                 gr.Examples(examples=examples, inputs=[files], label="Example: 3 classes of drawn shapes")
             if REVIEWS_EXAMPLE.is_file():
-                gr.Examples(examples=[[str(REVIEWS_EXAMPLE)]], inputs=[files],
+                gr.Examples(examples=[[[str(REVIEWS_EXAMPLE)]]], inputs=[files],
                             label="Example: 60 labelled reviews (pick 'Labelled text')")
         with gr.Column(scale=5):
-            summary = gr.Markdown("Upload data to see what minilab understood.", elem_id="ft-summary")
+            summary = gr.Markdown(NO_UPLOAD, elem_id="ft-summary")
             samples = gr.Gallery(label="Samples per class", columns=6, height=220, elem_id="ft-samples", fit_columns=False)
     with gr.Group(visible=True) as image_settings:
         with gr.Row():
@@ -444,7 +457,8 @@ def build(owner: gr.BrowserState) -> dict:
     gr.Markdown("### Try it")
     with gr.Row():
         with gr.Column():
-            try_image_input = gr.Image(type="pil", label="An image", sources=["upload", "clipboard", "webcam"], height=220)
+            try_image_input = gr.Image(type="pil", label="An image", sources=["upload", "clipboard", "webcam"], height=220,
+                                       elem_id="ft-try-image")
             try_text_input = gr.Textbox(label="A sentence to classify, or a prompt", lines=3, visible=False)
             try_image_button = gr.Button("Classify")
             try_text_button = gr.Button("Run", visible=False)
@@ -470,6 +484,7 @@ def build(owner: gr.BrowserState) -> dict:
     backbone.change(lambda name: gr.Radio(value="probe") if "/" in (name or "") else gr.Radio(), inputs=backbone,
                     outputs=strategy, api_name=False)
     files.change(inspect_upload, inputs=[kind, files], outputs=[summary, samples], api_name="finetune_inspect")
+    kind.change(inspect_upload, inputs=[kind, files], outputs=[summary, samples], api_name=False)  # a zip read as text says so
     settings = [backbone, strategy, text_backbone, text_strategy, init, budget, epochs, lr, batch_size, val_fraction,
                 image_size, flip, seed]
     train_button.click(start, inputs=[owner, kind, files, *settings], outputs=[owner, timer], api_name="finetune_start")

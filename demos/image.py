@@ -7,7 +7,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from demos.common import friendly_errors, session_key
+from demos.common import friendly_errors, model_list, session_key
 from engine.errors import UserError
 from engine.registry import default_registry, hf_image_entry
 
@@ -142,8 +142,7 @@ def add_hub_model(model_id: str, request: gr.Request):
 def refresh_models(current: str, request: gr.Request):
     """Called on page load and tab select: fine-tuned models of this session appear in the list."""
     choices = model_choices(session_key(request))
-    values = [value for _, value in choices]
-    return gr.Dropdown(choices=choices, value=current if current in values else (values[0] if values else None))
+    return model_list(choices, current, choices[0][1] if choices else None)
 
 
 def build() -> dict:
@@ -159,10 +158,12 @@ def build() -> dict:
                                   brush=gr.Brush(default_size=14, colors=["#000000"], default_color="#000000", color_mode="fixed"),
                                   visible=False, elem_id="sketch-input")
             run = gr.Button("Classify", variant="primary", elem_id="classify-button")
-            examples = [[str(p), "cifar10"] for p in sorted(EXAMPLES.glob("*.jpg"))]
-            examples += [[str(p), "mnist"] for p in sorted(EXAMPLES.glob("digit_*.png"))]
-            if examples:
-                gr.Examples(examples=examples, inputs=[photo, model], label="Examples: photos for cifar10, digits for mnist")
+            examples = [[str(p), "cifar10", "photo"] for p in sorted(EXAMPLES.glob("*.jpg"))]
+            examples += [[str(p), "mnist", "photo"] for p in sorted(EXAMPLES.glob("digit_*.png"))]
+            # A click shows the example's result at once (the classify step is chained below); the hidden third
+            # column switches the input back to Photo if the drawing pad was showing.
+            example_table = gr.Examples(examples=examples, inputs=[photo, model, source], visible_columns=[0, 1],
+                                        cache_examples=False, label="Examples: photos for cifar10, digits for mnist") if examples else None
         with gr.Column(scale=5):
             labels = gr.Label(num_top_classes=5, label="Top 5", elem_id="top5")
             timing = gr.Markdown()
@@ -190,6 +191,9 @@ def build() -> dict:
     outputs = [labels, cam, timing, seen, filters, activations]
     run.click(classify, inputs=[model, photo, sketch, source, inside_open], outputs=outputs, api_name="classify")
     photo.upload(classify, inputs=[model, photo, sketch, source, inside_open], outputs=outputs, api_name=False)
+    if example_table is not None:
+        example_table.load_input_event.then(classify, inputs=[model, photo, sketch, source, inside_open], outputs=outputs,
+                                            api_name=False)
     inside.expand(lambda: True, outputs=inside_open, api_name=False, queue=False).then(
         look_inside, inputs=[model, photo, sketch, source], outputs=[seen, filters, activations], api_name="look_inside")
     inside.collapse(lambda: False, outputs=inside_open, api_name=False, queue=False)

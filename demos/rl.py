@@ -13,7 +13,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from demos.common import control_job, ended_empty, ensure_owner, friendly_errors, latest_job, made_model, model_zip
+from demos.common import control_job, ended_empty, ensure_owner, friendly_errors, latest_job, made_model, model_list, model_zip
 from engine.errors import UserError
 from engine.registry import default_registry, model_entry_for_folder
 
@@ -167,8 +167,7 @@ def upload_agent(file, owner: str | None):
 
 def refresh_agents(owner: str | None, current: str):
     choices = agent_choices(owner)
-    values = [value for _, value in choices]
-    return gr.Dropdown(choices=choices, value=current if current in values else (values[0] if values else None))
+    return model_list(choices, current, choices[0][1] if choices else None)
 
 
 def build(owner: gr.BrowserState | None = None) -> dict:

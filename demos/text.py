@@ -9,7 +9,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from demos.common import friendly_errors, session_key
+from demos.common import friendly_errors, model_list, session_key
 from engine.errors import UserError
 from engine.registry import default_registry, hf_text_entry
 
@@ -221,9 +221,8 @@ def describe_model(model_name: str, request: gr.Request) -> str:
 def refresh_models(sentiment_current: str, lm_current: str, request: gr.Request):
     session = session_key(request)
     sentiment_options, lm_options = choices(SENTIMENT_TASKS, session), choices(("lm",), session)
-    keep = lambda options, current, preferred: current if current in [v for _, v in options] else _default(options, preferred)  # noqa: E731
-    return (gr.Dropdown(choices=sentiment_options, value=keep(sentiment_options, sentiment_current, "sst2")),
-            gr.Dropdown(choices=lm_options, value=keep(lm_options, lm_current, "shakespeare")))
+    return (model_list(sentiment_options, sentiment_current, _default(sentiment_options, "sst2")),
+            model_list(lm_options, lm_current, _default(lm_options, "shakespeare")))
 
 
 def build() -> dict:
@@ -235,7 +234,8 @@ def build() -> dict:
                     sentiment_model = gr.Dropdown(choices=sentiment_options, value=_default(sentiment_options, "sst2"), label="Model")
                     text = gr.Textbox(label="Text", lines=4, placeholder="Type a review, a tweet, a sentence…", elem_id="sentiment-input")
                     classify_button = gr.Button("Classify", variant="primary", elem_id="sentiment-button")
-                    gr.Examples(examples=[[e] for e in SENTIMENT_EXAMPLES], inputs=[text], label="Examples")
+                    sentiment_examples = gr.Examples(examples=[[e] for e in SENTIMENT_EXAMPLES], inputs=[text], label="Examples",
+                                                     cache_examples=False)
                 with gr.Column(scale=5):
                     label = gr.Label(label="Prediction", elem_id="sentiment-label")
                     words = gr.HighlightedText(label="Which words pushed where", show_legend=False, elem_id="sentiment-words")
@@ -282,6 +282,8 @@ def build() -> dict:
 
     classify_button.click(classify_text, inputs=[sentiment_model, text], outputs=[label, words, note], api_name="classify_text")
     text.submit(classify_text, inputs=[sentiment_model, text], outputs=[label, words, note], api_name=False)
+    sentiment_examples.load_input_event.then(classify_text, inputs=[sentiment_model, text], outputs=[label, words, note],
+                                             api_name=False)  # a click on an example shows its explanation at once
     batch_button.click(classify_batch, inputs=[sentiment_model, lines, upload], outputs=[table, download, summary],
                        api_name="classify_text_batch")
     sentiment_model.change(describe_model, inputs=sentiment_model, outputs=sentiment_about, api_name=False)

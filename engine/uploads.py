@@ -232,8 +232,8 @@ def read_images_with_csv(images: list[Path], csv_path: Path) -> ClassFolderDatas
     file_col = next((header.index(c) for c in FILENAME_COLUMNS if c in header), None)
     label_col = next((header.index(c) for c in IMAGE_LABEL_COLUMNS if c in header), None)
     if file_col is None or label_col is None:
-        missing = [what for what, col in (("a filename column (filename, file, image or path)", file_col),
-                                          ("a label column (label, class or category)", label_col)) if col is None]
+        missing = [what for what, col in (("filename column (filename, file, image or path)", file_col),
+                                          ("label column (label, class or category)", label_col)) if col is None]
         raise UserError(f"{csv_path.name} has no {' and no '.join(missing)}; its header is {', '.join(rows[0]) or 'empty'}.")
     by_name = {path.name.lower(): path for path in images}
     dataset = ClassFolderDataset(root=csv_path.parent)
@@ -290,6 +290,9 @@ def read_image_upload(paths: list[str | Path], workdir: str | Path) -> ClassFold
     if len(tables) != 1:
         raise UserError("With loose images, also upload exactly one CSV of filename,label "
                         f"(got {len(tables)}); or upload one zip of class folders.")
+    if not images:  # most likely labelled text, sent to the image reader
+        raise UserError(f"{tables[0].name} came without any images. For images, upload them with a CSV of "
+                        "filename,label, or one zip of class folders; a CSV of texts and labels trains a text classifier.")
     dataset = read_images_with_csv(images, tables[0])
     dataset.skipped += [(p.name, "neither an image nor the CSV") for p in others]
     return dataset

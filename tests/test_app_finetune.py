@@ -115,8 +115,13 @@ def test_bad_uploads_get_messages(client, tmp_path):
     assert "Cannot train yet" in summary and "at least 2" in summary
     not_zip = tmp_path / "fake.zip"
     not_zip.write_bytes(b"this is not a zip")
-    with pytest.raises(AppError, match="not a readable zip"):
-        client.predict("Images", [handle_file(str(not_zip))], api_name="/finetune_inspect")
+    summary, samples = client.predict("Images", [handle_file(str(not_zip))], api_name="/finetune_inspect")
+    assert "Cannot read this upload" in summary and "not a readable zip" in summary and samples == []
+    # the same reviews file read as images, then as labelled text (the page re-reads it when the kind changes)
+    reviews = handle_file(str(write_reviews(tmp_path / "reviews.csv")))
+    assert "Cannot read this upload" in client.predict("Images", [reviews], api_name="/finetune_inspect")[0]
+    assert "Ready to train" in client.predict("Labelled text", [reviews], api_name="/finetune_inspect")[0]
+    assert client.predict("Images", [], api_name="/finetune_inspect")[0].startswith("Upload data to see")
     with pytest.raises(AppError, match="Upload your data first"):
         client.predict("d" * 32, "Images", [], *QUICK_IMAGES, api_name="/finetune_start")
     short = tmp_path / "short.txt"

@@ -90,8 +90,8 @@ def test_zip_of_images_with_a_csv_inside(tmp_path):
 
 
 @pytest.mark.parametrize("content, message", [
-    ("picture,tag\na.png,x\n", "no a filename column"),
-    ("filename\na.png\n", "no a label column"),
+    ("picture,tag\na.png,x\n", "has no filename column .* and no label column"),
+    ("filename\na.png\n", "has no label column"),
     ("", "empty"),
 ])
 def test_csv_without_the_needed_columns_is_named(tmp_path, content, message):
@@ -99,6 +99,13 @@ def test_csv_without_the_needed_columns_is_named(tmp_path, content, message):
     (tmp_path / "labels.csv").write_text(content)
     with pytest.raises(UserError, match=message):
         read_image_upload([tmp_path / "a.png", tmp_path / "labels.csv"], tmp_path / "work")
+
+
+def test_a_csv_without_images_points_to_the_text_classifier(tmp_path):
+    """A reviews CSV sent as images used to be told it lacks a filename column, as if images were on the way."""
+    (tmp_path / "reviews.csv").write_text("text,label\ngreat,positive\nawful,negative\n")
+    with pytest.raises(UserError, match="came without any images.*text classifier"):
+        read_image_upload([tmp_path / "reviews.csv"], tmp_path / "work")
 
 
 def test_images_without_a_csv_are_refused(tmp_path):

@@ -54,6 +54,23 @@ def test_photo_upload_shows_a_label(page):
     assert rows[0] == top
 
 
+def test_clicking_an_example_shows_its_result(page):
+    """An example is a click away from its answer: the image and sentiment examples used to fill the inputs only,
+    and a visitor who did not press Classify next saw nothing happen."""
+    rows = page.locator("tr", has_text="mnist · shipped")  # the digit examples of the Image tab
+    rows.last.click()  # digit_7.png
+    top, _ = wait_for_result(page, "/tmp/e2e_example.png")
+    assert (top, model_name(page)) == ("7", "mnist")
+
+    page.get_by_role("tab", name="Text").click()
+    page.get_by_role("button", name="The battery died after two days", exact=False).click()
+    label = page.locator("#sentiment-label [data-testid='label-output-value']")
+    label.wait_for(timeout=RESULT_TIMEOUT_MS)
+    assert label.inner_text().strip() == "negative"
+    page.wait_for_function("() => (document.querySelector('#sentiment-words') || {}).innerText?.includes('battery')",
+                           timeout=RESULT_TIMEOUT_MS)
+
+
 # strokes as fractions of the 280x280 drawing area: (x, y) points of one pen-down polyline each
 STROKES = {
     "1": [[(0.52, 0.15), (0.50, 0.85)]],
@@ -201,3 +218,20 @@ def test_finetune_try_it_shows_the_outputs_of_the_chosen_kind(page):
         generated.wait_for(state="visible" if kind == "Plain text" else "hidden", timeout=10_000)
         seen[kind] = (generated.is_visible(), page.get_by_text("Prediction", exact=True).is_visible())
     assert seen == {"Plain text": (True, False), "Labelled text": (False, True), "Images": (False, True)}, seen
+
+
+def test_finetune_examples_load_and_the_upload_is_read_again_when_the_kind_changes(page):
+    """Clicking an example fills the upload (Gradio refused both examples until they were given as lists of files).
+    The reviews example clicked while "Images" is chosen cannot be read as images, and the page says so beside
+    the upload; choosing "Labelled text" reads the same file again as text (it used to keep the stale summary)."""
+    page.get_by_role("tab", name="Fine-tune").click()
+    page.get_by_label("Images", exact=True).check()
+    summary = "(document.querySelector('#ft-summary') || {}).innerText || ''"
+    page.get_by_text("shapes.zip", exact=True).click()
+    page.wait_for_function(f"() => ({summary}).includes('Ready to train')", timeout=RESULT_TIMEOUT_MS)
+    assert "in 3 classes" in page.locator("#ft-summary").inner_text()
+    page.get_by_text("reviews.tsv", exact=True).click()
+    page.wait_for_function(f"() => ({summary}).includes('Cannot read this upload')", timeout=RESULT_TIMEOUT_MS)
+    page.get_by_label("Labelled text", exact=True).check()
+    page.wait_for_function(f"() => ({summary}).includes('Ready to train')", timeout=RESULT_TIMEOUT_MS)
+    assert "60 rows in 2 classes" in page.locator("#ft-summary").inner_text()
