@@ -75,7 +75,7 @@ def _understood(kind: str, paths: list[str]) -> tuple[str, list]:
             from engine.uploads import check_classes
 
             if len(paths) != 1:
-                raise UserError("Upload one CSV or TSV file.")
+                raise UserError(f"Upload one CSV or TSV file (there are {len(paths)}: clear the list with ✕ and add just one).")
             table = read_labelled_text(paths[0])
             counts, samples = table.counts(), []
             lines = [f"**{len(table.texts):,} rows in {len(counts)} classes** (text column `{table.text_column}`, "
@@ -87,7 +87,7 @@ def _understood(kind: str, paths: list[str]) -> tuple[str, list]:
             from engine.text.data import read_text_file
 
             if len(paths) != 1:
-                raise UserError("Upload one plain-text (.txt) file.")
+                raise UserError(f"Upload one plain-text (.txt) file (there are {len(paths)}: clear the list with ✕ and add just one).")
             text = read_text_file(paths[0])
             counts, samples = {}, []
             lines = [f"**{len(text):,} characters**, {len(set(text))} different ones, {text.count(chr(10)):,} lines. "
@@ -382,7 +382,9 @@ def kind_changed(kind_label: str):
     return (gr.Group(visible=kind == "image"), gr.Group(visible=kind == "text"), gr.Group(visible=kind == "chargpt"),
             gr.Slider(value=_budget(kind)), HINTS[kind], gr.Image(visible=kind == "image"), gr.Textbox(visible=kind != "image"),
             gr.Button(visible=kind == "image"), gr.Button(visible=kind != "image"), gr.Gallery(visible=kind == "image"),
-            gr.Textbox(visible=kind == "chargpt"), gr.Label(visible=kind != "chargpt"))
+            gr.Textbox(visible=kind == "chargpt"), gr.Label(visible=kind != "chargpt"),
+            gr.LinePlot(x_title="step" if kind == "chargpt" else "epoch"),  # a char model's curve is per step
+            gr.LinePlot(visible=kind != "chargpt"))  # and it has no accuracy
 
 
 def build(owner: gr.BrowserState) -> dict:
@@ -479,7 +481,7 @@ def build(owner: gr.BrowserState) -> dict:
 
     kind.change(kind_changed, inputs=kind, outputs=[image_settings, text_settings, chargpt_settings, budget, hint,
                                                     try_image_input, try_text_input, try_image_button, try_text_button, samples,
-                                                    try_output, try_label],
+                                                    try_output, try_label, loss_plot, accuracy_plot],
                 api_name=False)
     backbone.change(lambda name: gr.Radio(value="probe") if "/" in (name or "") else gr.Radio(), inputs=backbone,
                     outputs=strategy, api_name=False)

@@ -209,15 +209,17 @@ def test_finetune_tab_uploads_a_zip_and_the_curve_moves(page, tmp_path):
 
 
 def test_finetune_try_it_shows_the_outputs_of_the_chosen_kind(page):
-    """A character model's try box writes text; the classifiers show a prediction. Each kind shows only its own."""
+    """A character model's try box writes text; the classifiers show a prediction and an accuracy curve. Each kind
+    shows only its own."""
     page.get_by_role("tab", name="Fine-tune").click()
     seen = {}
     for kind in ("Plain text", "Labelled text", "Images"):
         page.get_by_label(kind, exact=True).check()
         generated = page.get_by_label("Generated")
         generated.wait_for(state="visible" if kind == "Plain text" else "hidden", timeout=10_000)
-        seen[kind] = (generated.is_visible(), page.get_by_text("Prediction", exact=True).is_visible())
-    assert seen == {"Plain text": (True, False), "Labelled text": (False, True), "Images": (False, True)}, seen
+        seen[kind] = (generated.is_visible(), page.get_by_text("Prediction", exact=True).is_visible(),
+                      page.locator("#ft-accuracy").is_visible())  # a char model has no accuracy curve
+    assert seen == {"Plain text": (True, False, False), "Labelled text": (False, True, True), "Images": (False, True, True)}, seen
 
 
 def test_finetune_examples_load_and_the_upload_is_read_again_when_the_kind_changes(page):
