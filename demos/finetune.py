@@ -259,6 +259,9 @@ def _results(job) -> tuple[str, object, pd.DataFrame | None, list, pd.DataFrame 
     per_class = pd.DataFrame([{"class": c, "accuracy": f"{a:.1%}"} for c, a in metrics["per_class_accuracy"].items()])
     where = "**Image classification**" if kind == "image" else "**Text → Sentiment**"
     extra = f" · encoder: {metrics['encoder']}" if metrics.get("encoder") else ""
+    if metrics.get("cv_accuracy_by_encoder"):  # LoRA on labels other than sst2's: which encoder fit them better
+        extra += " (chosen by cross-validation: " + ", ".join(
+            f"{name} {score:.0%}" for name, score in metrics["cv_accuracy_by_encoder"].items()) + ")"
     text = (f"### {name}\nValidation accuracy **{metrics['val_accuracy']:.1%}** on {metrics['n_val']:,} held-out "
             f"examples (trained on {metrics['n_train']:,}; {metrics['seconds']:.0f} s{extra}). "
             f"Try it below; it is also in {where} for this session.")
@@ -422,7 +425,7 @@ def build(owner: gr.BrowserState) -> dict:
         with gr.Row():
             text_strategy = gr.Radio([("LoRA fine-tune (best)", "lora"), ("Linear probe (seconds)", "probe")],
                                      value="lora", label="Strategy")
-            text_backbone = gr.Dropdown([("automatic (LoRA: sst2; probe: cross-validated)", "auto"), ("sentiment-tuned MiniLM (sst2)", "sst2"),
+            text_backbone = gr.Dropdown([("automatic (sst2 for negative/positive labels, else cross-validated)", "auto"), ("sentiment-tuned MiniLM (sst2)", "sst2"),
                                          ("plain MiniLM", "minilm")], value="auto", label="Encoder")
     with gr.Group(visible=False) as chargpt_settings:
         init = gr.Radio([("From scratch", "scratch"), ("Continue from the Shakespeare model", "shakespeare")],

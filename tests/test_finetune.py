@@ -226,7 +226,10 @@ def test_text_lora_end_to_end(tmp_path):
     config = TextFinetuneConfig(strategy="lora", time_budget=20, lora_epochs=8)  # 8 steps of 20 rows
     events = []
     result = finetune_text_classifier([write_reviews(tmp_path / "r.csv", 12)], config, tmp_path / "model", events.append)
-    assert result["history"] and result["metrics"]["encoder"] == "sst2"
+    # labels that are not sst2's: the encoder whose sentence vectors fit them best (cross-validated) is chosen
+    scores = result["metrics"]["cv_accuracy_by_encoder"]
+    assert result["history"] and set(scores) == {"sst2", "minilm"} and result["metrics"]["encoder"] == max(scores, key=scores.get)
+    assert {"kind": "stage", "stage": "choosing the encoder"} in events
     # the page's curves: training-loss points every 3 steps, validation points at step 0 and every 10 steps
     points = [e for e in events if e["kind"] == "epoch"]
     assert [e["step"] for e in points if "val_acc" not in e] == [3, 6]
@@ -254,6 +257,7 @@ def test_lora_on_sentiment_labels_starts_from_the_whole_sst2_model(tmp_path):
     config = TextFinetuneConfig(strategy="lora", time_budget=4, lora_epochs=1)
     result = finetune_text_classifier([path], config, tmp_path / "model")
     assert result["metrics"]["classes"] == ["Negative", "Positive"]  # the upload's own names are kept
+    assert result["metrics"]["encoder"] == "sst2" and "cv_accuracy_by_encoder" not in result["metrics"]  # no choice to make
     first = result["history"][0]
     assert first["step"] == 0 and first["val_acc"] >= 0.8  # sst2 reads these reviews before any training
 
