@@ -182,7 +182,7 @@ def build(owner: gr.BrowserState | None = None) -> dict:
             agent = gr.Dropdown(choices=choices, value=default, label="Agent", elem_id="rl-agent")
             seed = gr.Number(value=0, precision=0, minimum=0, label="Episode seed (the start position)")
             play_button = gr.Button("▶ Play", variant="primary", elem_id="rl-play")
-            gr.Examples(examples=[[0], [7], [42]], inputs=[seed], label="Seeds to try")
+            seed_examples = gr.Examples(examples=[[0], [7], [42]], inputs=[seed], label="Seeds to try", cache_examples=False)
         with gr.Column(scale=6):
             video = gr.Video(label="The agent (left) and a random agent (right)", autoplay=True, interactive=False,
                              elem_id="rl-video", height=300)
@@ -224,6 +224,7 @@ def build(owner: gr.BrowserState | None = None) -> dict:
     timer = gr.Timer(1.0, active=False)
 
     play_button.click(play, inputs=[agent, seed, owner], outputs=[video, verdict], api_name="rl_play")
+    seed_examples.load_input_event.then(play, inputs=[agent, seed, owner], outputs=[video, verdict], api_name=False)  # a click plays it
     compare_button.click(compare, inputs=[agent, first_seed, episodes, owner], outputs=[returns_plot, compare_text],
                          api_name="rl_compare")
     settings = [total_steps, lr, hidden, num_envs, batch_size, gamma, buffer_size, eps_duration, train_seed]

@@ -142,6 +142,12 @@ def test_rl_play_shows_a_video(page):
     duration = page.evaluate("() => document.querySelector('#rl-video video').duration")
     assert duration > 1, f"the episode video should last more than a second, got {duration}"
     assert "return" in page.locator("#rl-verdict").inner_text()
+    # a seed to try plays its episode on a click, without pressing Play again
+    first_video = page.evaluate("() => document.querySelector('#rl-video video').src")
+    page.get_by_role("button", name="42", exact=True).click()
+    page.wait_for_function("(old) => { const v = document.querySelector('#rl-video video'); return v && v.src && v.src !== old; }",
+                           arg=first_video, timeout=RESULT_TIMEOUT_MS)
+    assert "seed 42" in page.locator("#rl-verdict").inner_text()
 
 
 def test_text_tab_classifies_a_sentence_and_streams_generation(page):
