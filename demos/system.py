@@ -13,6 +13,13 @@ def device_markdown() -> str:
     from engine.device import device_report  # torch loads here, not while the page is being served
 
     report = device_report()
+    try:  # a bad MINILAB_* job setting is reported where a job starts; here it only hides this line
+        from engine.jobs import default_runner
+
+        runner = default_runner()
+        report["cpu_threads_per_training_job"] = f"{runner.threads_per_job()} (at most {runner.max_concurrent} at once)"
+    except Exception:  # noqa: BLE001
+        pass
     lines = [f"### Device: `{report['device']}`", f"Chosen by: {report['chosen_by']} (set MINILAB_DEVICE to override)"]
     for key, value in report.items():
         if key not in ("device", "chosen_by") and value is not None:

@@ -113,7 +113,7 @@ def device_report() -> dict:
         "device": str(device),
         "chosen_by": "MINILAB_DEVICE" if os.environ.get("MINILAB_DEVICE") else "auto (CUDA, then MPS, then CPU)",
         "torch": torch.__version__,
-        "cpu_threads": torch.get_num_threads(),
+        "cpu_threads_per_request": REQUEST_THREADS,  # what the web app gives each request (use_request_threads)
         "cpu_count": os.cpu_count(),
         "process_memory_mb": _process_memory_mb(),
         "python": platform.python_version(),

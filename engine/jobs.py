@@ -181,6 +181,10 @@ class JobRunner:
         with self._cond:
             return any(job.state == RUNNING for job in self._active)
 
+    def threads_per_job(self) -> int:
+        """The PyTorch threads each job trains on (the System tab shows it beside a request's)."""
+        return self.threads or max(1, DEFAULT_THREADS // self.max_concurrent)
+
     def cancel(self, job_id: str, session: str) -> JobStatus:
         """A queued job is dropped at once; a running one stops at its next should_stop(). Finished: no-op."""
         with self._cond:
@@ -302,7 +306,7 @@ class JobRunner:
         returned, error = None, None
         try:
             # Always set: a new thread starts with the count another thread set last (a web request's 1, say).
-            set_threads(self.threads or max(1, DEFAULT_THREADS // self.max_concurrent))
+            set_threads(self.threads_per_job())
             lower_thread_priority(self.nice)
             workdir = Path(tempfile.mkdtemp(prefix="minilab-job-"))
             with self._cond:
