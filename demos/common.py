@@ -53,13 +53,13 @@ def ended_empty(job, button: str) -> str | None:
     return f"**⏹ {why}** before a model was saved: nothing to keep. Press **{button}** to start again."
 
 
-def model_list(choices: list[tuple[str, str]], current: str | None, fallback: str | None) -> gr.Dropdown:
+def model_list(choices: list[tuple[str, str]], current: str | None, fallback: str | None = None) -> gr.Dropdown:
     """New choices for a model list, on page load or tab select. The value is sent only when the current one is
-    gone: a click (on an example, say) may have changed it while this update was on its way, and sending the
-    value it had when the event started would undo that click."""
+    gone (then `fallback`, or the first choice): a click (on an example, say) may have changed it while this
+    update was on its way, and sending the value it had when the event started would undo that click."""
     if current in [value for _, value in choices]:
         return gr.Dropdown(choices=choices)
-    return gr.Dropdown(choices=choices, value=fallback)
+    return gr.Dropdown(choices=choices, value=fallback or (choices[0][1] if choices else None))
 
 
 def model_zip(folder, name: str) -> str:

@@ -142,7 +142,7 @@ def add_hub_model(model_id: str, request: gr.Request):
 def refresh_models(current: str, request: gr.Request):
     """Called on page load and tab select: fine-tuned models of this session appear in the list."""
     choices = model_choices(session_key(request))
-    return model_list(choices, current, choices[0][1] if choices else None)
+    return model_list(choices, current)
 
 
 def build() -> dict:

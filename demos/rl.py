@@ -167,7 +167,7 @@ def upload_agent(file, owner: str | None):
 
 def refresh_agents(owner: str | None, current: str):
     choices = agent_choices(owner)
-    return model_list(choices, current, choices[0][1] if choices else None)
+    return model_list(choices, current)
 
 
 def build(owner: gr.BrowserState | None = None) -> dict:
