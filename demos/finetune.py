@@ -257,7 +257,7 @@ def _results(job) -> tuple[str, object, pd.DataFrame | None, list, pd.DataFrame 
                 "Try it below, or pick it in **Text → Generate**.")
         return text, None, None, [], None, model_zip(Path(result["folder"]), name)
     per_class = pd.DataFrame([{"class": c, "accuracy": f"{a:.1%}"} for c, a in metrics["per_class_accuracy"].items()])
-    where = "**Image classification**" if kind == "image" else "**Text → Sentiment**"
+    where = "**Image classification**" if kind == "image" else "**Text → Sentiment** (it lists every text classifier)"
     extra = f" · encoder: {metrics['encoder']}" if metrics.get("encoder") else ""
     if metrics.get("cv_accuracy_by_encoder"):  # LoRA on labels other than sst2's: which encoder fit them better
         extra += " (chosen by cross-validation: " + ", ".join(
@@ -378,6 +378,15 @@ HINTS = {"image": "A **zip of class folders** (`cats/…`, `dogs/…`), or sever
 def _budget(kind: str) -> float:
     """The engine's default training time for a kind: the page starts where the CLI and benchmarks do."""
     return default_config(kind).time_budget
+
+
+def restore_kind(owner: str | None):
+    """On page load: show the kind of this browser's latest job, so that a reload which reattaches to a char
+    model's job shows the char layout (and its try box), not the default Images one."""
+    job = _latest_job(owner)
+    kind = (job.config or {}).get("kind") if job is not None else None
+    labels = {value: label for label, value in KINDS.items()}
+    return gr.Radio(value=labels[kind]) if kind in labels else gr.Radio()
 
 
 def kind_changed(kind_label: str):
@@ -505,4 +514,4 @@ def build(owner: gr.BrowserState) -> dict:
     try_text_button.click(try_text, inputs=[try_text_input, owner], outputs=[try_label, try_output], api_name="finetune_try_text")
     push_button.click(push, inputs=[token, repo_id, owner], outputs=push_message, api_name="finetune_push")
     upload_model.upload(load_model_zip, inputs=[upload_model, owner], outputs=[owner, loaded], api_name="finetune_load_model")
-    return {"poll": poll, "poll_outputs": poll_outputs}
+    return {"poll": poll, "poll_outputs": poll_outputs, "restore_kind": restore_kind, "kind": kind}

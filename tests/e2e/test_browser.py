@@ -244,3 +244,30 @@ def test_finetune_examples_load_and_the_upload_is_read_again_when_the_kind_chang
     page.get_by_label("Labelled text", exact=True).check()
     page.wait_for_function(f"() => ({summary}).includes('Ready to train')", timeout=RESULT_TIMEOUT_MS)
     assert "60 rows in 2 classes" in page.locator("#ft-summary").inner_text()
+
+
+def test_a_reload_shows_the_layout_of_the_job_it_reattaches_to(page, tmp_path):
+    """A reloaded page reattaches to this browser's latest job; when that job trains a char model, the page shows
+    the Plain text layout (its settings and its "Generated" try box), not the default Images one."""
+    text = tmp_path / "lines.txt"
+    text.write_text("the cat sat on the mat\nand the dog sat on the log\n" * 60, encoding="utf-8")
+    page.get_by_role("tab", name="Fine-tune").click()
+    page.get_by_label("Plain text", exact=True).check()
+    page.locator("#ft-files input[type='file']").set_input_files(str(text))
+    page.wait_for_function("() => (document.querySelector('#ft-summary') || {}).innerText?.includes('Ready to train')",
+                           timeout=RESULT_TIMEOUT_MS)
+    budget = page.get_by_label("Training time (seconds)", exact=False).first
+    budget.fill("3")
+    budget.press("Enter")
+    page.locator("#ft-train").click()
+    page.wait_for_function("() => (document.querySelector('#ft-results') || {}).innerText?.includes('Validation loss')",
+                           timeout=120_000)
+    page.reload(wait_until="domcontentloaded")
+    page.wait_for_selector("#photo-input", state="visible", timeout=60_000)
+    page.get_by_role("tab", name="Fine-tune").click()
+    page.wait_for_function("() => (document.querySelector('#ft-results') || {}).innerText?.includes('Validation loss')",
+                           timeout=RESULT_TIMEOUT_MS)  # reattached: the finished job's results are back
+    page.get_by_label("Generated").wait_for(state="visible", timeout=10_000)
+    page.screenshot(path="/tmp/e2e_reload_char.png", full_page=True)
+    assert page.get_by_label("Plain text", exact=True).is_checked()
+    assert not page.locator("#ft-accuracy").is_visible()  # a char model has no accuracy curve
