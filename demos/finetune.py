@@ -384,9 +384,8 @@ def restore_kind(owner: str | None):
     """On page load: show the kind of this browser's latest job, so that a reload which reattaches to a char
     model's job shows the char layout (and its try box), not the default Images one."""
     job = _latest_job(owner)
-    kind = (job.config or {}).get("kind") if job is not None else None
-    labels = {value: label for label, value in KINDS.items()}
-    return gr.Radio(value=labels[kind]) if kind in labels else gr.Radio()
+    label = next((label for label, kind in KINDS.items() if job and job.config.get("kind") == kind), None)
+    return gr.Radio(value=label) if label else gr.Radio()
 
 
 def kind_changed(kind_label: str):
