@@ -179,7 +179,8 @@ def _progress_markdown(job) -> str:
     progress = job.progress or {}
     budget = float(job.config.get("time_budget") or 1)
     stage = progress.get("stage") if progress.get("kind") == "stage" else "training"
-    done_fraction = 1.0 if job.done else min(0.99, job.elapsed / budget)
+    # Only a finished run's bar is full: a failed or cancelled one stays where it stopped.
+    done_fraction = 1.0 if job.state == "succeeded" else min(0.99, job.elapsed / budget)
     filled = int(20 * done_fraction)
     bar = "█" * filled + "░" * (20 - filled)
     left = max(0.0, budget - job.elapsed)
@@ -381,17 +382,25 @@ def _budget(kind: str) -> float:
 
 
 def restore_kind(owner: str | None):
-    """On page load: show the kind of this browser's latest job, so that a reload which reattaches to a char
-    model's job shows the char layout (and its try box), not the default Images one."""
+    """On page load: show the kind and training time of this browser's latest job, so that a reload which
+    reattaches to a char model's job shows the char layout (and its try box), not the default Images one."""
     job = _latest_job(owner)
     label = next((label for label, kind in KINDS.items() if job and job.config.get("kind") == kind), None)
-    return gr.Radio(value=label) if label else gr.Radio()
+    if label is None:
+        return gr.Radio(), gr.Slider()
+    return gr.Radio(value=label), gr.Slider(value=job.config["time_budget"])
+
+
+def default_budget(kind_label: str):
+    """A kind chosen by the user starts from that kind's default training time (a kind set by a reload keeps
+    its job's: so this answers the radio's input event, not its change event)."""
+    return gr.Slider(value=_budget(KINDS[kind_label]))
 
 
 def kind_changed(kind_label: str):
     kind = KINDS[kind_label]
     return (gr.Group(visible=kind == "image"), gr.Group(visible=kind == "text"), gr.Group(visible=kind == "chargpt"),
-            gr.Slider(value=_budget(kind)), HINTS[kind], gr.Image(visible=kind == "image"), gr.Textbox(visible=kind != "image"),
+            HINTS[kind], gr.Image(visible=kind == "image"), gr.Textbox(visible=kind != "image"),
             gr.Button(visible=kind == "image"), gr.Button(visible=kind != "image"), gr.Gallery(visible=kind == "image"),
             gr.Textbox(visible=kind == "chargpt"), gr.Label(visible=kind != "chargpt"),
             gr.LinePlot(x_title="step" if kind == "chargpt" else "epoch"),  # a char model's curve is per step
@@ -493,10 +502,11 @@ def build(owner: gr.BrowserState) -> dict:
         push_message = gr.Markdown()
     timer = gr.Timer(1.0, active=False)
 
-    kind.change(kind_changed, inputs=kind, outputs=[image_settings, text_settings, chargpt_settings, budget, hint,
+    kind.change(kind_changed, inputs=kind, outputs=[image_settings, text_settings, chargpt_settings, hint,
                                                     try_image_input, try_text_input, try_image_button, try_text_button, samples,
                                                     try_output, try_label, loss_plot, accuracy_plot],
                 api_name=False)
+    kind.input(default_budget, inputs=kind, outputs=budget, api_name=False)
     backbone.change(lambda name: gr.Radio(value="probe") if "/" in (name or "") else gr.Radio(), inputs=backbone,
                     outputs=strategy, api_name=False)
     files.change(inspect_upload, inputs=[kind, files], outputs=[summary, samples], api_name="finetune_inspect")
@@ -513,4 +523,4 @@ def build(owner: gr.BrowserState) -> dict:
     try_text_button.click(try_text, inputs=[try_text_input, owner], outputs=[try_label, try_output], api_name="finetune_try_text")
     push_button.click(push, inputs=[token, repo_id, owner], outputs=push_message, api_name="finetune_push")
     upload_model.upload(load_model_zip, inputs=[upload_model, owner], outputs=[owner, loaded], api_name="finetune_load_model")
-    return {"poll": poll, "poll_outputs": poll_outputs, "restore_kind": restore_kind, "kind": kind}
+    return {"poll": poll, "poll_outputs": poll_outputs, "restore_kind": restore_kind, "kind": kind, "budget": budget}

@@ -170,3 +170,19 @@ def test_results_say_so_when_no_validation_example_is_wrong(monkeypatch):
     mistake = {"image": torch.zeros(3, 8, 8, dtype=torch.uint8), "file": "x.png", "true": "a", "predicted": "b", "confidence": 0.9}
     text, _, _, gallery, _, _ = finetune._results(SimpleNamespace(result=dict(result, misclassified=[mistake])))
     assert "no mistakes" not in text and len(gallery) == 1 and "labelled a, predicted b" in gallery[0][1]
+
+
+def test_the_progress_bar_of_a_failed_or_cancelled_job_stays_where_it_stopped():
+    """A failed job's bar was drawn full, as if it had finished."""
+    from types import SimpleNamespace
+
+    from demos import finetune
+
+    job = SimpleNamespace(state="failed", done=True, elapsed=10.0, config={"time_budget": 50}, progress={}, result=None,
+                          error="The upload holds no images.", queue_position=0)
+    line = finetune._progress_markdown(job)
+    assert "failed: The upload holds no images." in line and "█" * 4 + "░" * 16 in line
+    job.state, job.result = "cancelled", {"folder": "/models/m"}
+    assert "█" * 4 + "░" * 16 in finetune._progress_markdown(job)
+    job.state, job.elapsed = "succeeded", 51.0
+    assert "█" * 20 in finetune._progress_markdown(job) and "░" not in finetune._progress_markdown(job)

@@ -11,7 +11,7 @@ import pytest
 
 from tests.e2e.conftest import CHROMIUM, ROOT
 
-pytest.importorskip("playwright.sync_api", reason="the `playwright` Python package is not installed")
+expect = pytest.importorskip("playwright.sync_api", reason="the `playwright` Python package is not installed").expect
 if not Path(CHROMIUM).exists():
     pytest.skip(f"no Chromium at {CHROMIUM} (Debian package `chromium`); browser tests need it", allow_module_level=True)
 
@@ -257,6 +257,7 @@ def test_a_reload_shows_the_layout_of_the_job_it_reattaches_to(page, tmp_path):
     page.wait_for_function("() => (document.querySelector('#ft-summary') || {}).innerText?.includes('Ready to train')",
                            timeout=RESULT_TIMEOUT_MS)
     budget = page.get_by_label("Training time (seconds)", exact=False).first
+    expect(budget).to_have_value("100")  # choosing a kind starts from its default training time
     budget.fill("3")
     budget.press("Enter")
     page.locator("#ft-train").click()
@@ -271,3 +272,5 @@ def test_a_reload_shows_the_layout_of_the_job_it_reattaches_to(page, tmp_path):
     page.screenshot(path="/tmp/e2e_reload_char.png", full_page=True)
     assert page.get_by_label("Plain text", exact=True).is_checked()
     assert not page.locator("#ft-accuracy").is_visible()  # a char model has no accuracy curve
+    # and the training time is the job's own, not the Plain text default
+    expect(page.get_by_label("Training time (seconds)", exact=False).first).to_have_value("3")
