@@ -170,6 +170,13 @@ def test_results_say_so_when_no_validation_example_is_wrong(monkeypatch):
     mistake = {"image": torch.zeros(3, 8, 8, dtype=torch.uint8), "file": "x.png", "true": "a", "predicted": "b", "confidence": 0.9}
     text, _, _, gallery, _, _ = finetune._results(SimpleNamespace(result=dict(result, misclassified=[mistake])))
     assert "no mistakes" not in text and len(gallery) == 1 and "labelled a, predicted b" in gallery[0][1]
+    # a small upload that reaches the epoch ceiling before its time is up says why it ended early
+    result["metrics"].update(epochs_run=40, max_epochs=100, stopped=None)
+    text = finetune._results(SimpleNamespace(result=result))[0]
+    assert "40 epochs" in text and "ended before" not in text
+    result["metrics"].update(epochs_run=100)
+    text = finetune._results(SimpleNamespace(result=result))[0]
+    assert "100 epochs, the most allowed, so it ended before its time" in text
 
 
 def test_the_progress_bar_of_a_failed_or_cancelled_job_stays_where_it_stopped():
