@@ -263,7 +263,7 @@ def _results(job) -> tuple[str, object, pd.DataFrame | None, list, pd.DataFrame 
     if kind == "image" and metrics.get("epochs_run"):  # a small upload can reach the epoch ceiling before the clock
         extra += f" · {metrics['epochs_run']} epochs"
         if metrics["epochs_run"] >= metrics.get("max_epochs", float("inf")) and not metrics.get("stopped"):
-            extra += ", the most allowed, so it ended before its time (Advanced raises the ceiling)"
+            extra += ", the most allowed, so it ended early; Advanced raises the ceiling"
     if metrics.get("cv_accuracy_by_encoder"):  # LoRA on labels other than sst2's: which encoder fit them better
         extra += " (chosen by cross-validation: " + ", ".join(
             f"{name} {score:.0%}" for name, score in metrics["cv_accuracy_by_encoder"].items()) + ")"

@@ -173,10 +173,10 @@ def test_results_say_so_when_no_validation_example_is_wrong(monkeypatch):
     # a small upload that reaches the epoch ceiling before its time is up says why it ended early
     result["metrics"].update(epochs_run=40, max_epochs=100, stopped=None)
     text = finetune._results(SimpleNamespace(result=result))[0]
-    assert "40 epochs" in text and "ended before" not in text
+    assert "40 epochs" in text and "ended early" not in text
     result["metrics"].update(epochs_run=100)
     text = finetune._results(SimpleNamespace(result=result))[0]
-    assert "100 epochs, the most allowed, so it ended before its time" in text
+    assert "100 epochs, the most allowed, so it ended early" in text
 
 
 def test_the_progress_bar_of_a_failed_or_cancelled_job_stays_where_it_stopped():
