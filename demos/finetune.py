@@ -260,9 +260,9 @@ def _results(job) -> tuple[str, object, pd.DataFrame | None, list, pd.DataFrame 
     per_class = pd.DataFrame([{"class": c, "accuracy": f"{a:.1%}"} for c, a in metrics["per_class_accuracy"].items()])
     where = "**Image classification**" if kind == "image" else "**Text → Sentiment** (it lists every text classifier)"
     extra = f" · encoder: {metrics['encoder']}" if metrics.get("encoder") else ""
-    if kind == "image" and metrics.get("epochs_run"):  # a small upload can reach the epoch ceiling before the clock
+    if kind == "image" and metrics.get("epochs_run"):
         extra += f" · {metrics['epochs_run']} epochs"
-        if metrics["epochs_run"] >= metrics.get("max_epochs", float("inf")) and not metrics.get("stopped"):
+        if metrics.get("epoch_ceiling_reached"):
             extra += ", the most allowed, so it ended early; Advanced raises the ceiling"
     if metrics.get("cv_accuracy_by_encoder"):  # LoRA on labels other than sst2's: which encoder fit them better
         extra += " (chosen by cross-validation: " + ", ".join(

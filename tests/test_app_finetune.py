@@ -171,10 +171,10 @@ def test_results_say_so_when_no_validation_example_is_wrong(monkeypatch):
     text, _, _, gallery, _, _ = finetune._results(SimpleNamespace(result=dict(result, misclassified=[mistake])))
     assert "no mistakes" not in text and len(gallery) == 1 and "labelled a, predicted b" in gallery[0][1]
     # a small upload that reaches the epoch ceiling before its time is up says why it ended early
-    result["metrics"].update(epochs_run=40, max_epochs=100, stopped=None)
+    result["metrics"].update(epochs_run=40, max_epochs=100, epoch_ceiling_reached=False)
     text = finetune._results(SimpleNamespace(result=result))[0]
     assert "40 epochs" in text and "ended early" not in text
-    result["metrics"].update(epochs_run=100)
+    result["metrics"].update(epochs_run=100, epoch_ceiling_reached=True)
     text = finetune._results(SimpleNamespace(result=result))[0]
     assert "100 epochs, the most allowed, so it ended early" in text
 

@@ -177,6 +177,8 @@ def test_image_finetune_end_to_end(tmp_path, backbone, strategy):
     assert 0 <= metrics["val_accuracy"] <= 1 and len(result["confusion"]) == 2
     assert sum(map(sum, result["confusion"])) == metrics["n_val"]
     assert any(e.get("kind") == "epoch" and "val_acc" in e for e in events)
+    if strategy == "probe":  # its rounds of L-BFGS are not epochs with a ceiling the user sets
+        assert metrics["epoch_ceiling_reached"] is False
     classifier = ShippedClassifier(result["folder"])
     assert classifier.labels == ["circle", "square"]
     top = classifier.classify(Image.open(io.BytesIO(shape_png("circle", random.Random(5)))))["top"]
@@ -192,6 +194,14 @@ def test_image_finetune_learns_shapes(tmp_path):
     config = ImageFinetuneConfig(time_budget=8, image_size=16, val_fraction=0.25)
     result = finetune_images([shapes_zip(tmp_path / "up.zip", 20)], config, tmp_path / "work", tmp_path / "model")
     assert result["metrics"]["val_accuracy"] >= 0.8
+
+
+def test_an_image_finetune_says_when_its_epoch_ceiling_ended_it_before_its_time(tmp_path):
+    from engine.vision.finetune import ImageFinetuneConfig, finetune_images
+
+    config = ImageFinetuneConfig(time_budget=30, image_size=16, val_fraction=0.3, max_epochs=2)
+    metrics = finetune_images([shapes_zip(tmp_path / "up.zip", 10)], config, tmp_path / "work", tmp_path / "model")["metrics"]
+    assert metrics["epochs_run"] == 2 and metrics["epoch_ceiling_reached"] is True and metrics["seconds"] < 30
 
 
 def write_reviews(path: Path, n: int = 24) -> Path:

@@ -308,13 +308,16 @@ def finetune_images(paths: list[str | Path], config: ImageFinetuneConfig, workdi
             augment=Augment(flip=config.flip, max_shift=config.max_shift, max_rotate=config.max_rotate, max_scale=config.max_scale,
                             cutout=config.cutout))
         model, fit = fit_classifier(model, x_train, y_train, x_val, y_val, train_config, on_progress, should_stop)
+    # A small upload can run all its epochs before the clock runs out; the page says why it ended early.
+    ceiling_reached = (config.strategy == "finetune" and not fit["stopped"] and fit["epochs_run"] >= epochs
+                       and fit["seconds"] < budget - 1)
     model.eval()
     result = validation_report(model, x_val, y_val, data.classes, config.flip, shift)
     seconds = round(time.perf_counter() - started, 1)
     metrics = {"val_accuracy": round(result["val_accuracy"], 4), "val_loss": round(result["val_loss"], 4),
                "n_train": len(train_idx), "n_val": len(val_idx), "classes": data.classes, "seconds": seconds,
                "read_seconds": round(read_seconds, 1), "epochs_run": fit["epochs_run"], "max_epochs": epochs,
-               "stopped": fit["stopped"], "per_class_accuracy": result["per_class_accuracy"], "skipped": len(data.skipped)}
+               "epoch_ceiling_reached": ceiling_reached, "stopped": fit["stopped"], "per_class_accuracy": result["per_class_accuracy"], "skipped": len(data.skipped)}
     card = {
         "name": Path(out).name, "task": "image-classification", "architecture": architecture, "arch_config": arch_config,
         "labels": data.classes, "preprocessing": preprocessing,
