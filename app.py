@@ -54,7 +54,7 @@ def build_app() -> gr.Blocks:
                       show_progress="hidden")
         reattach.then(finetune_tab["poll"], inputs=owner, outputs=finetune_tab["poll_outputs"], api_name=False,
                       show_progress="hidden")
-        reattach.then(finetune_tab["restore_kind"], inputs=owner, outputs=[finetune_tab["kind"], finetune_tab["budget"]],
+        reattach.then(finetune_tab["restore_settings"], inputs=owner, outputs=[finetune_tab["kind"], finetune_tab["budget"]],
                       api_name=False, show_progress="hidden")
         rl_page.select(rl_tab["refresh"], inputs=[rl_tab["owner"], rl_tab["agent"]], outputs=rl_tab["agent"], api_name=False)
         system_page.select(system_tab["refresh"], outputs=[system_tab["device"], system_tab["models"], system_tab["loaded"]],

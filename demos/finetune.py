@@ -385,13 +385,13 @@ def _budget(kind: str) -> float:
     return default_config(kind).time_budget
 
 
-def restore_kind(owner: str | None):
+def restore_settings(owner: str | None):
     """On page load: show the kind and training time of this browser's latest job, so that a reload which
     reattaches to a char model's job shows the char layout (and its try box), not the default Images one."""
     job = _latest_job(owner)
-    label = next((label for label, kind in KINDS.items() if job and job.config.get("kind") == kind), None)
-    if label is None:
+    if job is None:
         return gr.Radio(), gr.Slider()
+    label = next(label for label, kind in KINDS.items() if kind == job.config["kind"])  # `start` sets both
     return gr.Radio(value=label), gr.Slider(value=job.config["time_budget"])
 
 
@@ -527,4 +527,4 @@ def build(owner: gr.BrowserState) -> dict:
     try_text_button.click(try_text, inputs=[try_text_input, owner], outputs=[try_label, try_output], api_name="finetune_try_text")
     push_button.click(push, inputs=[token, repo_id, owner], outputs=push_message, api_name="finetune_push")
     upload_model.upload(load_model_zip, inputs=[upload_model, owner], outputs=[owner, loaded], api_name="finetune_load_model")
-    return {"poll": poll, "poll_outputs": poll_outputs, "restore_kind": restore_kind, "kind": kind, "budget": budget}
+    return {"poll": poll, "poll_outputs": poll_outputs, "restore_settings": restore_settings, "kind": kind, "budget": budget}
