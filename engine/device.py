@@ -144,6 +144,34 @@ def cpu_has_vnni() -> bool:
     return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
+@lru_cache(maxsize=None)
+def cpu_has_fast_bfloat16() -> bool:
+    """Whether the CPU multiplies bfloat16 in hardware (AVX-512 BF16 or AMX; Linux x86 flags, False when unknown).
+    Without them PyTorch emulates bfloat16, and training in it is slower than in float32, not faster: a
+    ResNet-9 step on 64 digits took 2.5 s in bfloat16 against 0.19 s in float32 on a 2-core AVX2 EPYC."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def bfloat16_is_fast(device: torch.device | str) -> bool:
+    """Whether bfloat16 autocast speeds training up on this device (any CUDA GPU that supports it, or a CPU as above)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_fast_bfloat16()
+
+
+def training_autocast(device: torch.device | str, wanted: bool = True):
+    """bfloat16 autocast for a training step where it is wanted and fast; a no-op context elsewhere.
+    The weights stay float32, so a model saved from either path is the same kind of file."""
+    device = torch.device(device)
+    enabled = wanted and bfloat16_is_fast(device)
+    return torch.autocast(device.type if device.type in ("cpu", "cuda") else "cpu", dtype=torch.bfloat16, enabled=enabled)
+
+
 class Int8Linear(torch.ao.nn.quantized.dynamic.Linear):
     """PyTorch's dynamic int8 Linear, with its activations on 8 bits rather than 7 where the CPU allows it
     (PyTorch always asks fbgemm for 7 bits, to be safe on CPUs without VNNI)."""

@@ -120,3 +120,26 @@ def test_int8_layers_keep_one_scale_per_row():
         expected = layer(x) - layer.bias
         error = (quantized(x) - layer.bias - expected).norm(dim=0) / expected.norm(dim=0)
     assert error.max() < 0.05, error
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_training_uses_bfloat16_only_where_the_cpu_runs_it_in_hardware(monkeypatch, fast):
+    """An AVX2 CPU emulates bfloat16 (a training step 13x slower than float32), so autocast stays off there."""
+    monkeypatch.setattr(device_module, "cpu_has_fast_bfloat16", lambda: fast)
+    with device_module.training_autocast("cpu"):
+        assert torch.is_autocast_enabled("cpu") is fast
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == (torch.bfloat16 if fast else torch.float32)
+    with device_module.training_autocast("cpu", wanted=False):
+        assert not torch.is_autocast_enabled("cpu")
+
+
+def test_fast_bfloat16_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
+    device_module.cpu_has_fast_bfloat16.cache_clear()
+    try:
+        for flags, expected in (("fpu avx avx2 fma", False), ("fpu avx512f avx512_bf16", True), ("fpu amx_bf16 amx_tile", True)):
+            monkeypatch.setattr(device_module.Path, "read_text", lambda self, flags=flags: f"flags\t\t: {flags}\n")
+            device_module.cpu_has_fast_bfloat16.cache_clear()
+            assert device_module.cpu_has_fast_bfloat16() is expected
+    finally:
+        monkeypatch.undo()
+        device_module.cpu_has_fast_bfloat16.cache_clear()

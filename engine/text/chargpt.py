@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.checkpoints import load_model, load_own_state, save_model
-from engine.device import Int8Linear
+from engine.device import Int8Linear, training_autocast
 from engine.errors import UserError
 
 ProgressFn = Callable[[dict], None]
@@ -417,7 +417,7 @@ class CharTrainConfig:
     eval_batches: int = 10  # random validation windows per progress estimate (the final score uses all of it)
     val_fraction: float = 0.1  # the last 10% of the text is held out
     seed: int = 1337
-    bf16: bool = True  # bfloat16 autocast (the weights stay float32)
+    bf16: bool = True  # bfloat16 autocast where the hardware runs it fast (the weights stay float32)
 
 
 def split_text(text: str, val_fraction: float = 0.1) -> tuple[str, str]:
@@ -452,8 +452,7 @@ def train_chargpt(text: str, config: CharTrainConfig, on_progress: ProgressFn | 
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.99))
-    device_type = torch.device(device).type
-    autocast = lambda: torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.bf16 and device_type in ("cpu", "cuda"))  # noqa: E731
+    autocast = lambda: training_autocast(device, config.bf16)  # noqa: E731
     generator = torch.Generator().manual_seed(config.seed)
 
     def batch(ids: torch.Tensor, size: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.device import map_on_cpu_threads, quantize_for_cpu
+from engine.device import map_on_cpu_threads, quantize_for_cpu, training_autocast
 from engine.errors import UserError
 from engine.safe_import import import_names
 
@@ -291,7 +291,7 @@ class TextTrainConfig:
     eval_every: int = 500  # optimizer steps between validation passes
     report_every: int = 20  # optimizer steps between training-loss reports
     seed: int = 0
-    bf16: bool = True
+    bf16: bool = True  # bfloat16 autocast where the hardware runs it fast (engine.device.bfloat16_is_fast)
 
 
 def evaluate_predictor(predictor: TextPredictor, texts: list[str], labels: list[str]) -> dict:
@@ -339,8 +339,7 @@ def train_text_classifier(train_texts: list[str], train_labels: list[str], val_t
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(encoded) / config.batch_size)
     total_steps = max(1, int(config.epochs * steps_per_epoch))
-    device_type = torch.device(device).type
-    autocast = lambda: torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.bf16 and device_type in ("cpu", "cuda"))  # noqa: E731
+    autocast = lambda: training_autocast(device, config.bf16)  # noqa: E731
     generator = torch.Generator().manual_seed(config.seed)
     pad = tokenizer.pad_token_id or 0
 
