@@ -34,9 +34,14 @@ def main() -> None:
     parser.add_argument("--no-flip", action="store_true", help="leave mirroring off (the image default)")
     parser.add_argument("--seed", type=int, default=0, help="training seed (validation split, order, augmentation)")
     parser.add_argument("--per-class", type=int, default=100, help="new shapes per class to score on")
+    parser.add_argument("--backbone", default=None, help="default: the fine-tune's own (auto)")
+    parser.add_argument("--lr", type=float, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = ImageFinetuneConfig(flip=not args.no_flip, seed=args.seed)
+    for name in ("backbone", "lr"):
+        if getattr(args, name) is not None:
+            setattr(config, name, getattr(args, name))
     rng = random.Random(1)  # the example itself was drawn with seed 0
     unseen = [(kind, shape(kind, rng)) for kind in ("circle", "square", "triangle") for _ in range(args.per_class)]
     with tempfile.TemporaryDirectory(prefix="minilab-bench-") as tmp:
@@ -47,6 +52,7 @@ def main() -> None:
         correct = sum(classifier.labels[classifier.classify(image)["class_index"]] == kind for kind, image in unseen)
     metrics = result["metrics"]
     print(json.dumps({"benchmark": "finetune_shapes", "flip": config.flip, "seed": args.seed, "threads": args.threads,
+                      "backbone": metrics["backbone"], "cv_accuracy_by_backbone": metrics.get("cv_accuracy_by_backbone"), "lr": config.lr,
                       "seconds_from_click": round(seconds, 1), "epochs": metrics["epochs_run"],
                       "val_accuracy": metrics["val_accuracy"], "unseen_accuracy": round(correct / len(unseen), 4),
                       "n_unseen": len(unseen)}))

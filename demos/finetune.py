@@ -264,9 +264,11 @@ def _results(job) -> tuple[str, object, pd.DataFrame | None, list, pd.DataFrame 
         extra += f" · {metrics['epochs_run']} epochs"
         if metrics.get("epoch_ceiling_reached"):
             extra += ", the most allowed, so it ended early; Advanced raises the ceiling"
-    if metrics.get("cv_accuracy_by_encoder"):  # LoRA on labels other than sst2's: which encoder fit them better
-        extra += " (chosen by cross-validation: " + ", ".join(
-            f"{name} {score:.0%}" for name, score in metrics["cv_accuracy_by_encoder"].items()) + ")"
+    if kind == "image" and metrics.get("backbone"):
+        extra += f" · from the {metrics['backbone']} network"
+    for key in ("cv_accuracy_by_encoder", "cv_accuracy_by_backbone"):  # which network's features fit the upload best
+        if metrics.get(key):
+            extra += " (chosen by cross-validation: " + ", ".join(f"{name} {score:.0%}" for name, score in metrics[key].items()) + ")"
     text = (f"### {name}\nValidation accuracy **{metrics['val_accuracy']:.1%}** on {metrics['n_val']:,} held-out "
             f"examples (trained on {metrics['n_train']:,}; {metrics['seconds']:.0f} s{extra}). "
             f"Try it below; it is also in {where} for this session.")
@@ -363,6 +365,8 @@ def load_model_zip(file, owner: str | None, request: gr.Request):
     card = read_card(folder)
     if card["task"] == "rl":
         raise UserError("That is a CartPole agent: load it in the Reinforcement learning tab.")
+    if card["task"] == "image-backbone":
+        raise UserError("That is a backbone, which the Fine-tune tab starts from; its classes mean nothing on their own.")
     load_model_folder(folder, card["task"], card["name"])  # refuses a broken model now, with the reason
     name = f"uploaded-{path.stem[:24]}-{uuid.uuid4().hex[:4]}"
     registry = default_registry()
@@ -436,10 +440,13 @@ def build(owner: gr.BrowserState) -> dict:
         with gr.Column(scale=5):
             summary = gr.Markdown(NO_UPLOAD, elem_id="ft-summary")
             samples = gr.Gallery(label="Samples per class", columns=6, height=220, elem_id="ft-samples", fit_columns=False)
+    image_defaults = default_config("image")  # the settings the CLI and benchmarks use, so the page matches them
     with gr.Group(visible=True) as image_settings:
         with gr.Row():
-            backbone = gr.Dropdown([("cifar10 network (photos)", "cifar10"), ("mnist network (drawings)", "mnist"),
-                                    ("from scratch", "scratch"), *HUB_BACKBONES], value="cifar10", label="Start from",
+            backbone = gr.Dropdown([("automatic (glyphs or cifar10, whichever fits the upload)", "auto"),
+                                    ("glyphs network (drawings; it never saw a real image)", "glyphs"),
+                                    ("cifar10 network (photos)", "cifar10"), ("mnist network (digits)", "mnist"),
+                                    ("from scratch", "scratch"), *HUB_BACKBONES], value=image_defaults.backbone, label="Start from",
                                    allow_custom_value=True, info="hub networks (probe only) when cached or online; "
                                                                  "or type a Hugging Face image model id")
             strategy = gr.Radio([("Fine-tune every layer (best)", "finetune"), ("Linear probe (seconds)", "probe")],
@@ -454,7 +461,6 @@ def build(owner: gr.BrowserState) -> dict:
     with gr.Group(visible=False) as chargpt_settings:
         init = gr.Radio([("From scratch", "scratch"), ("Continue from the Shakespeare model", "shakespeare")],
                         value="scratch", label="Start")
-    image_defaults = default_config("image")  # the settings the CLI and benchmarks use, so the page matches them
     budget = gr.Slider(1, 600, value=image_defaults.time_budget, step=1, label="Training time (seconds)")
     with gr.Accordion("Advanced", open=False):
         with gr.Row():

@@ -6,7 +6,7 @@ import gradio as gr
 from demos.common import friendly_errors, session_key
 from engine.registry import default_registry
 
-TASKS = ["image-classification", "sentiment", "text-classification", "lm", "text-embedding", "rl"]
+TASKS = ["image-classification", "image-backbone", "sentiment", "text-classification", "lm", "text-embedding", "rl"]
 
 
 def device_markdown() -> str:

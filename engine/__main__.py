@@ -2,6 +2,7 @@
 
     python -m engine train cifar10 --epochs 100 --json
     python -m engine train mnist --json
+    python -m engine train glyphs --json          # the drawings backbone, from procedural glyphs (no data needed)
     python -m engine eval image-classification --model cifar10 --data my_images.zip --json
     python -m engine train cartpole --seed 0 --budget-steps 50000 --json
     python -m engine eval cartpole --model cartpole --episodes 100 --json
@@ -94,7 +95,7 @@ def cmd_finetune(args: argparse.Namespace) -> dict:
 
 def cmd_train(args: argparse.Namespace) -> dict:
     _set_threads(args.threads)
-    if args.model in ("cifar10", "mnist"):
+    if args.model in ("cifar10", "mnist", "glyphs"):
         from engine.vision.train import default_config, train_shipped_model
 
         config = default_config(args.model)
@@ -263,8 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine", description="minilab engine: train and evaluate models.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train a shipped model: cifar10 and mnist from ../shared/data, cartpole in gymnasium")
-    train.add_argument("model", choices=["cifar10", "mnist", "cartpole", "sst2", "shakespeare"])
+    train = commands.add_parser("train", help="train a shipped model: cifar10 and mnist from ../shared/data, glyphs drawn by the engine, cartpole in gymnasium")
+    train.add_argument("model", choices=["cifar10", "mnist", "glyphs", "cartpole", "sst2", "shakespeare"])
     train.add_argument("--architecture", choices=["resnet9", "resnet"], help="network family (default per model)")
     train.add_argument("--epochs", type=float)
     train.add_argument("--batch-size", type=int)
@@ -309,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "text: a CSV/TSV with text and label columns; chargpt: a .txt")
     finetune.add_argument("--out", help="model folder to write (default ./minilab-KIND-model)")
     finetune.add_argument("--time-budget", type=float, help="seconds of training (defaults: image 50, text 25, chargpt 100)")
-    finetune.add_argument("--backbone", help="image: cifar10, mnist or scratch; text: auto, sst2 or minilm")
+    finetune.add_argument("--backbone", help="image: auto (default), glyphs, cifar10, mnist or scratch; text: auto, sst2 or minilm")
     finetune.add_argument("--strategy", help="image: finetune (default) or probe; text: lora (default) or probe")
     finetune.add_argument("--init", help="chargpt: scratch or shakespeare")
     finetune.add_argument("--epochs", type=int, help="image: at most this many epochs")

@@ -27,7 +27,7 @@ CARD_FORMAT = "minilab-model/1"
 WEIGHTS_FILE = "weights.safetensors"
 CARD_FILE = "card.json"
 REQUIRED_KEYS = ("format", "name", "task", "architecture", "arch_config", "labels", "preprocessing")
-TASKS = ("image-classification", "sentiment", "lm", "text-classification", "rl")
+TASKS = ("image-classification", "image-backbone", "sentiment", "lm", "text-classification", "rl")
 MAX_MODEL_ZIP_BYTES = 200 * 2**20
 
 # name -> function(arch_config) -> nn.Module; filled by engine.architectures so that this file stays generic.

@@ -163,7 +163,7 @@ def test_text_upload_problems(tmp_path):
 # ---- training, end to end ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backbone, strategy", [("cifar10", "finetune"), ("mnist", "probe"), ("scratch", "finetune")])
+@pytest.mark.parametrize("backbone, strategy", [("cifar10", "finetune"), ("glyphs", "finetune"), ("mnist", "probe"), ("scratch", "finetune")])
 def test_image_finetune_end_to_end(tmp_path, backbone, strategy):
     from engine.vision.classify import ShippedClassifier
     from engine.vision.finetune import ImageFinetuneConfig, finetune_images
