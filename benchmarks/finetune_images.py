@@ -7,6 +7,7 @@ default settings, reading the zip included in the time, and scores the model it 
 tab's own prediction path (files -> ShippedClassifier), on the other 4,500 MNIST test digits.
 
     python benchmarks/finetune_images.py --threads 2          # prints one JSON line
+    python benchmarks/finetune_images.py --threads 2 --invert # dark digits on white, as drawn on paper
 """
 from __future__ import annotations
 
@@ -65,11 +66,14 @@ def main() -> None:
     parser.add_argument("--tta-shift", type=int, default=None)
     parser.add_argument("--image-size", type=int, default=None)
     parser.add_argument("--set", action="append", default=[], help="any ImageFinetuneConfig field, as name=value")
+    parser.add_argument("--invert", action="store_true", help="dark digits on a light ground (255 - pixel), as drawn on paper")
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with np.load(find_data_file("mnist/mnist_subset.npz", args.data_dir)) as data:
         images, labels = data[f"x_{args.split}"], data[f"y_{args.split}"]
+    if args.invert:
+        images = 255 - images
     upload_idx, unseen = draw_upload(labels, args.seed, args.per_class)
     config = ImageFinetuneConfig()
     for name in ("backbone", "strategy", "time_budget", "lr", "val_fraction", "max_rotate", "label_smoothing", "batch_size", "tta_shift", "image_size"):
@@ -99,7 +103,7 @@ def main() -> None:
         predicted = [int(classifier.labels[i]) for i in probs.argmax(1).tolist()]
         accuracy = float(np.mean(np.array(predicted) == labels[unseen]))
     metrics = result["metrics"]
-    print(json.dumps({"benchmark": "finetune_images", "upload": f"{len(upload_idx)} MNIST {args.split} digits in 10 class folders (zip)",
+    print(json.dumps({"benchmark": "finetune_images", "upload": f"{len(upload_idx)} MNIST {args.split} digits{' (inverted)' if args.invert else ''} in 10 class folders (zip)",
                       "backbone": metrics["backbone"], "cv_accuracy_by_backbone": metrics.get("cv_accuracy_by_backbone"),
                       "strategy": config.strategy, "threads": args.threads,
                       "seconds_from_click": round(seconds, 1), "read_seconds": metrics["read_seconds"],

@@ -266,6 +266,8 @@ def _results(job) -> tuple[str, object, pd.DataFrame | None, list, pd.DataFrame 
             extra += ", the most allowed, so it ended early; Advanced raises the ceiling"
     if kind == "image" and metrics.get("backbone"):
         extra += f" · from the {metrics['backbone']} network"
+        if metrics.get("inverted"):
+            extra += ", which sees your dark-on-light images inverted, as it was trained"
     for key in ("cv_accuracy_by_encoder", "cv_accuracy_by_backbone"):  # which network's features fit the upload best
         if metrics.get(key):
             extra += " (chosen by cross-validation: " + ", ".join(f"{name} {score:.0%}" for name, score in metrics[key].items()) + ")"

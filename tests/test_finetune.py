@@ -433,3 +433,16 @@ def test_a_csv_with_a_stray_carriage_return_is_a_clear_error(tmp_path):
     (tmp_path / "labels.csv").write_bytes(b"\r\x01")
     with pytest.raises(UserError, match="labels.csv"):
         read_image_upload([tmp_path / "labels.csv"], tmp_path / "work")
+
+
+def test_pixels_shifted_in_by_augmentation_take_the_ground_colour_not_the_darkest():
+    """A drawing on white shifted right gets white at its left edge, not black (which would read as ink)."""
+    from engine.vision.train import Augment, ground_colour, random_augment
+
+    paper = torch.ones(8, 3, 16, 16)
+    paper[:, :, 6:10, 6:10] = -2.0  # dark ink in the middle, in standardised units
+    fill = ground_colour(paper)
+    assert fill.shape == (1, 3, 1, 1) and torch.all(fill == 1.0)
+    moved = random_augment(paper, Augment(flip=False, max_shift=0.25), fill)
+    assert not torch.equal(moved, paper)
+    assert moved[..., 0].min() > 0.99 and moved[..., -1].min() > 0.99  # the edges stay paper

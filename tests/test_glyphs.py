@@ -84,18 +84,60 @@ def test_auto_chooses_the_backbone_whose_features_fit_the_upload_and_says_so(tmp
     assert metrics["backbone"] == "glyphs", scores
 
 
-def test_auto_keeps_cifar10_for_pictures_that_are_not_ink_on_a_dark_ground():
-    """Colour, or a light ground: glyphs fine-tuned badly on such uploads even where its probe won, so no probe is run."""
-    from engine.vision.finetune import choose_backbone, looks_like_ink_on_dark
+def test_auto_keeps_cifar10_for_pictures_that_are_not_grey_drawings():
+    """Colour, or a ground neither dark nor light: glyphs fine-tuned badly on such uploads (the coloured shapes
+    example) even where its probe won, so no probe is run."""
+    from engine.vision.finetune import choose_backbone, grey_drawings
 
     drawings, labels = glyph_dataset(GlyphConfig(n_classes=3, seed=1234), 12, seed=0)
     drawings = drawings.repeat(1, 3, 1, 1)
-    assert looks_like_ink_on_dark(drawings)
-    assert not looks_like_ink_on_dark(255 - drawings)  # the same drawings, dark ink on white paper
+    assert grey_drawings(drawings) == "dark"
+    assert grey_drawings(255 - drawings) == "light"  # the same drawings, dark ink on white paper
     tinted = drawings.clone()
     tinted[:, 0] = tinted[:, 0] // 2  # coloured ink
-    assert not looks_like_ink_on_dark(tinted)
-    assert choose_backbone(255 - drawings, labels, 3, seed=0) == ("cifar10", {})
+    assert grey_drawings(tinted) is None and grey_drawings(255 - tinted) is None
+    assert grey_drawings(drawings // 2 + 100) is None  # a mid-grey ground
+    assert choose_backbone(tinted, labels, 3, seed=0) == ("cifar10", {})
+
+
+def test_a_grey_backbone_sees_dark_on_light_drawings_as_it_saw_light_on_dark_ones():
+    """Inverting is folded into the model (mean read as 1 - mean, the first layer's weights negated): the
+    features of drawings on paper are those of the same drawings on black, and the model needs no new step."""
+    from engine.vision.finetune import pooled_features, start_network
+    from engine.vision.train import normalise
+
+    drawings, _ = glyph_dataset(GlyphConfig(n_classes=3, seed=1234), 4, seed=0)
+    drawings = drawings.repeat(1, 3, 1, 1)
+    on_black, _, _, black_pre = start_network("glyphs", 3, drawings)
+    on_paper, _, _, paper_pre = start_network("glyphs", 3, 255 - drawings)
+    assert paper_pre["mean"] != black_pre["mean"] and paper_pre["std"] == black_pre["std"]
+    black = pooled_features(on_black, normalise(drawings, black_pre["mean"], black_pre["std"]))
+    paper = pooled_features(on_paper, normalise(255 - drawings, paper_pre["mean"], paper_pre["std"]))
+    assert torch.allclose(black, paper, atol=1e-3)
+    assert not torch.allclose(black, pooled_features(on_black, normalise(255 - drawings, black_pre["mean"], black_pre["std"])), atol=1e-1)
+
+
+def test_auto_fine_tunes_glyphs_on_drawings_on_paper_and_the_tab_serves_them(tmp_path):
+    from engine.vision.classify import ShippedClassifier
+    from engine.vision.finetune import ImageFinetuneConfig, finetune_images
+
+    upload = tmp_path / "paper.zip"
+    with zipfile.ZipFile(glyph_upload(tmp_path / "ink.zip")) as source, zipfile.ZipFile(upload, "w") as archive:
+        for name in source.namelist():
+            image = Image.open(io.BytesIO(source.read(name)))
+            buffer = io.BytesIO()
+            Image.eval(image, lambda v: 255 - v).save(buffer, format="PNG")
+            archive.writestr(name, buffer.getvalue())
+    result = finetune_images([upload], ImageFinetuneConfig(time_budget=3, val_fraction=0.25), tmp_path / "work",
+                             tmp_path / "model")
+    assert result["metrics"]["backbone"] == "glyphs" and result["metrics"]["inverted"] is True
+    assert result["metrics"]["val_accuracy"] >= 2 / 3
+    classifier = ShippedClassifier(result["folder"])  # the Image tab's path: the saved model takes paper drawings as they are
+    with zipfile.ZipFile(upload) as archive:
+        names = [name for name in archive.namelist() if name.endswith(".png")]
+        right = sum(classifier.labels[classifier.classify(Image.open(io.BytesIO(archive.read(name))))["class_index"]]
+                    == name.split("/")[1] for name in names)
+    assert right / len(names) >= 0.75
 
 
 def test_the_shipped_glyphs_backbone_is_a_backbone_not_an_image_classifier():

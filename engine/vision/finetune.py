@@ -38,6 +38,7 @@ from engine.vision.train import Augment, VisionTrainConfig, evaluate, fit_classi
 ProgressFn = Callable[[dict], None]
 BACKBONES = ("auto", "cifar10", "glyphs", "mnist", "scratch")  # shipped networks, or none; their weights are in checkpoints/
 AUTO_BACKBONES = ("cifar10", "glyphs")  # what "auto" chooses from: photos (the fallback), drawings; neither saw a digit
+GREY_BACKBONES = ("glyphs", "mnist")  # light ink on a dark ground, 28 pixels: dark-on-light uploads are inverted for them
 AUTO_MARGIN = 0.02  # glyphs must beat cifar10 by this much on the probe
 MAX_IMAGES = 20_000
 MAX_MISCLASSIFIED = 24
@@ -159,8 +160,8 @@ def load_upload(paths: list[str | Path], workdir: str | Path, size: int, largest
 
 def start_network(backbone: str, n_classes: int, images: torch.Tensor) -> tuple[nn.Module, str, dict, dict]:
     """(model with a fresh head, architecture name, arch_config, preprocessing) for a backbone.
-    A grey backbone (mnist) gets a 3-channel first layer that sees the mean of the channels, so every
-    fine-tuned model takes RGB in, like the Image tab gives it."""
+    A grey backbone (glyphs, mnist) gets a 3-channel first layer that sees the mean of the channels, so every
+    fine-tuned model takes RGB in, like the Image tab gives it; on a light ground it also sees them inverted."""
     from engine.registry import CHECKPOINTS_DIR
 
     if is_hub_backbone(backbone):
@@ -178,13 +179,19 @@ def start_network(backbone: str, n_classes: int, images: torch.Tensor) -> tuple[
     arch_config = dict(card["arch_config"])
     mean, std = list(card["preprocessing"]["mean"]), list(card["preprocessing"]["std"])
     if arch_config["in_channels"] == 1:
+        # Dark ink on a light ground is turned into what the network saw (light on dark) inside the model: with
+        # the mean read as 1 - mean, the standardised input is exactly minus that of the inverted image, so the
+        # first layer's weights change sign and every later layer sees what it would have. The saved model
+        # takes the upload's own images, in the Image tab too, with no extra preprocessing step.
+        invert = light_ground(images)
         conv = model.first_conv
         wide = nn.Conv2d(3, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None)
         with torch.no_grad():
-            wide.weight.copy_(conv.weight.repeat(1, 3, 1, 1) / 3)
+            wide.weight.copy_(conv.weight.repeat(1, 3, 1, 1) / 3 * (-1 if invert else 1))
             if conv.bias is not None:
                 wide.bias.copy_(conv.bias)
         model.stem[0] = wide
+        mean = [1 - m for m in mean] if invert else mean
         arch_config["in_channels"], mean, std = 3, mean * 3, std * 3
     old = model.head
     model.head = nn.Linear(old.in_features, n_classes, bias=old.bias is not None)
@@ -214,25 +221,40 @@ def pooled_features(model: nn.Module, x: torch.Tensor, batch_size: int = 256) ->
     return torch.cat(captured)
 
 
-def looks_like_ink_on_dark(images: torch.Tensor) -> bool:
-    """Grey images on a dark ground, as glyphs were drawn (and MNIST was scanned): where there is ink (any channel
-    above 64 of 255) the channels agree within 8 levels on average, and the border is mostly below 64."""
+def border_median(images: torch.Tensor) -> float:
+    """The median of every channel of every image's outermost pixels, 0-255: how bright the ground is."""
     pixels = images.float()
-    ink = pixels.amax(dim=1) > 64
+    return torch.cat([pixels[..., 0, :], pixels[..., -1, :], pixels[..., :, 0], pixels[..., :, -1]], dim=-1).median().item()
+
+
+def light_ground(images: torch.Tensor) -> bool:
+    """Whether a grey backbone (trained on light ink on black) must see this upload inverted."""
+    return border_median(images) > 127
+
+
+def grey_drawings(images: torch.Tensor) -> str | None:
+    """"dark" or "light": grey ink on a plain ground, as glyphs were drawn and MNIST was scanned ("dark"), or as
+    pen on paper and Gradio's sketchpad draw ("light"); None for anything else. Where there is ink (64 levels or
+    more off the ground) the channels must agree within 8 levels on average, and the border must be mostly ground."""
+    pixels = images.float()
+    ground = border_median(images)
+    if 64 <= ground <= 191:
+        return None
+    ink = pixels.amax(dim=1) > 64 if ground < 64 else pixels.amin(dim=1) < 191
     spread = (pixels.amax(dim=1) - pixels.amin(dim=1))[ink]
-    grey = spread.numel() == 0 or spread.mean() < 8
-    border = torch.cat([pixels[..., 0, :], pixels[..., -1, :], pixels[..., :, 0], pixels[..., :, -1]], dim=-1)
-    return bool(grey) and border.median().item() < 64
+    if spread.numel() and spread.mean() >= 8:
+        return None
+    return "dark" if ground < 64 else "light"
 
 
 def choose_backbone(images: torch.Tensor, targets: torch.Tensor, n_classes: int, seed: int) -> tuple[str, dict[str, float]]:
-    """cifar10, unless the upload looks like glyphs (light ink on a dark ground) and the glyphs network's frozen
+    """cifar10, unless the upload looks like glyphs (grey ink on a plain ground, dark or light) and the glyphs network's frozen
     features fit it clearly better: a logistic regression on them, 3-fold cross-validated on the training images,
     must beat cifar10's by AUTO_MARGIN. On ten uploads of 500 digits glyphs won every time (93-96% against
-    84-89%). The probe alone is not enough: the shapes example (coloured, on white) probed 77% on glyphs and
+    84-89%), and on the same digits inverted (dark on white) every time too. The probe alone is not enough: the shapes example (coloured, on white) probed 77% on glyphs and
     70% on cifar10, yet fine-tuned to 66% from glyphs and 99% from cifar10 on new shapes. Validation images
     are left out: they only score the result."""
-    if not looks_like_ink_on_dark(images):
+    if grey_drawings(images) is None:
         return AUTO_BACKBONES[0], {}
     scores = {}
     for name in AUTO_BACKBONES:
@@ -313,7 +335,7 @@ def finetune_images(paths: list[str | Path], config: ImageFinetuneConfig, workdi
         hub_size = hub_preprocessing(load_hub_classifier(config.backbone))["size"]
         data = load_upload(paths, workdir, config.image_size or hub_size)
     else:
-        data = load_upload(paths, workdir, config.image_size, largest=28 if config.backbone in ("mnist", "glyphs") else 32)
+        data = load_upload(paths, workdir, config.image_size, largest=28 if config.backbone in GREY_BACKBONES else 32)
     size = data.images.shape[-1]
     read_seconds = time.perf_counter() - started
     train_idx, val_idx = stratified_split(data.targets.numpy(), config.val_fraction, config.seed)
@@ -357,7 +379,7 @@ def finetune_images(paths: list[str | Path], config: ImageFinetuneConfig, workdi
                "n_train": len(train_idx), "n_val": len(val_idx), "classes": data.classes, "seconds": seconds,
                "read_seconds": round(read_seconds, 1), "epochs_run": fit["epochs_run"], "max_epochs": epochs,
                "epoch_ceiling_reached": ceiling_reached, "stopped": fit["stopped"], "per_class_accuracy": result["per_class_accuracy"], "skipped": len(data.skipped),
-               "backbone": backbone, **({"cv_accuracy_by_backbone": {k: round(v, 4) for k, v in backbone_scores.items()}}
+               "backbone": backbone, "inverted": backbone in GREY_BACKBONES and light_ground(data.images), **({"cv_accuracy_by_backbone": {k: round(v, 4) for k, v in backbone_scores.items()}}
                                         if backbone_scores else {})}
     card = {
         "name": Path(out).name, "task": "image-classification", "architecture": architecture, "arch_config": arch_config,

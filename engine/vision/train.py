@@ -67,7 +67,7 @@ class VisionTrainConfig:
 
 def random_augment(x: torch.Tensor, aug: Augment, fill: torch.Tensor | float = 0.0) -> torch.Tensor:
     """Random flip, shift, rotation, zoom and cutout for a whole batch at once, with one affine grid.
-    Pixels that move in from outside take the value `fill` (the background: black for digits), so that
+    Pixels that move in from outside take the value `fill` (the ground: black for digits, white for paper), so that
     augmented batches keep the statistics of real images and batch norm is not misled."""
     n, _, h, w = x.shape
     device = x.device
@@ -115,6 +115,13 @@ def one_cycle(progress: float, max_lr: float, pct_start: float = 0.2) -> tuple[f
         return initial + (max_lr - initial) * rise, 0.95 - 0.10 * rise
     fall = (1 + math.cos(math.pi * (progress - pct_start) / (1 - pct_start))) / 2
     return final + (max_lr - final) * fall, 0.85 + 0.10 * (1 - fall)
+
+
+def ground_colour(x: torch.Tensor) -> torch.Tensor:
+    """Per channel, the median of the images' border pixels, shaped (1, C, 1, 1): the ground that pixels moved
+    in from outside should take: black for MNIST's digits, white for drawings on paper or shapes on white."""
+    border = torch.cat([x[..., 0, :], x[..., -1, :], x[..., :, 0], x[..., :, -1]], dim=-1)  # (N, C, 4 * side)
+    return border.transpose(0, 1).reshape(x.shape[1], -1).median(dim=1).values.view(1, -1, 1, 1)
 
 
 def normalise(images: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
@@ -166,7 +173,7 @@ def fit_classifier(
     by_time = config.schedule_by_time and bool(config.time_budget)
     scheduler = None if by_time else torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps,
                                                                           pct_start=0.2)
-    background = x_train.amin(dim=(0, 2, 3), keepdim=True)
+    background = ground_colour(x_train)
     autocast = lambda: training_autocast(x_train.device, config.bf16)  # noqa: E731
     model = model.to(memory_format=torch.channels_last)
     ema = AveragedModel(model, multi_avg_fn=warmup_ema(config.ema_decay), use_buffers=True)
