@@ -29,12 +29,18 @@ from engine.vision.data import find_data_file  # noqa: E402
 from engine.vision.finetune import ImageFinetuneConfig, finetune_images  # noqa: E402
 
 
-def make_upload(images: np.ndarray, labels: np.ndarray, folder: Path) -> Path:
+def as_picture(image: np.ndarray, side: int = 28) -> Image.Image:
+    """A 28x28 digit as a picture file would hold it, resized (bicubic) to `side` pixels."""
+    picture = Image.fromarray(image.reshape(28, 28))
+    return picture if side == 28 else picture.resize((side, side), Image.BICUBIC)
+
+
+def make_upload(images: np.ndarray, labels: np.ndarray, folder: Path, side: int = 28) -> Path:
     target = folder / "digits.zip"
     with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
         for i, (image, label) in enumerate(zip(images, labels)):
             png = folder / f"{i}.png"
-            Image.fromarray(image.reshape(28, 28)).save(png)
+            as_picture(image, side).save(png)
             archive.write(png, f"digits/{label}/{i}.png")
             png.unlink()
     return target
@@ -67,6 +73,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=None)
     parser.add_argument("--set", action="append", default=[], help="any ImageFinetuneConfig field, as name=value")
     parser.add_argument("--invert", action="store_true", help="dark digits on a light ground (255 - pixel), as drawn on paper")
+    parser.add_argument("--side", type=int, default=28, help="save the digits at this many pixels (bicubic), as a scan might")
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -84,18 +91,17 @@ def main() -> None:
         setattr(config, name, type(getattr(config, name))(value))
     with tempfile.TemporaryDirectory(prefix="minilab-bench-") as tmp:
         tmp = Path(tmp)
-        upload = make_upload(images[upload_idx], labels[upload_idx], tmp)
+        upload = make_upload(images[upload_idx], labels[upload_idx], tmp, args.side)
         started = time.perf_counter()
         result = finetune_images([upload], config, tmp / "work", tmp / "model")
         seconds = time.perf_counter() - started
         from engine.vision.classify import ShippedClassifier
 
         classifier = ShippedClassifier(result["folder"])
-        test = torch.from_numpy(np.repeat(images[unseen].reshape(-1, 1, 28, 28), 3, axis=1))
         from engine.vision.finetune import square_uint8  # the same geometry as a PNG through the Image tab
 
         size = classifier.preprocessing["size"]
-        x = torch.stack([square_uint8(Image.fromarray(im.permute(1, 2, 0).numpy()), size) for im in test])
+        x = torch.stack([square_uint8(as_picture(image, args.side).convert("RGB"), size) for image in images[unseen]])
         from engine.vision.train import normalise
 
         x = normalise(x, classifier.preprocessing["mean"], classifier.preprocessing["std"])
@@ -103,7 +109,7 @@ def main() -> None:
         predicted = [int(classifier.labels[i]) for i in probs.argmax(1).tolist()]
         accuracy = float(np.mean(np.array(predicted) == labels[unseen]))
     metrics = result["metrics"]
-    print(json.dumps({"benchmark": "finetune_images", "upload": f"{len(upload_idx)} MNIST {args.split} digits{' (inverted)' if args.invert else ''} in 10 class folders (zip)",
+    print(json.dumps({"benchmark": "finetune_images", "upload": f"{len(upload_idx)} MNIST {args.split} digits{' (inverted)' if args.invert else ''}, {args.side} px, in 10 class folders (zip)",
                       "backbone": metrics["backbone"], "cv_accuracy_by_backbone": metrics.get("cv_accuracy_by_backbone"),
                       "strategy": config.strategy, "threads": args.threads,
                       "seconds_from_click": round(seconds, 1), "read_seconds": metrics["read_seconds"],
