@@ -445,12 +445,13 @@ def build(owner: gr.BrowserState) -> dict:
     image_defaults = default_config("image")  # the settings the CLI and benchmarks use, so the page matches them
     with gr.Group(visible=True) as image_settings:
         with gr.Row():
-            backbone = gr.Dropdown([("automatic (glyphs or cifar10, whichever fits the upload)", "auto"),
+            backbone = gr.Dropdown([("auto: glyphs or cifar10", "auto"),
                                     ("glyphs network (drawings; it never saw a real image)", "glyphs"),
                                     ("cifar10 network (photos)", "cifar10"), ("mnist network (digits)", "mnist"),
                                     ("from scratch", "scratch"), *HUB_BACKBONES], value=image_defaults.backbone, label="Start from",
-                                   allow_custom_value=True, info="hub networks (probe only) when cached or online; "
-                                                                 "or type a Hugging Face image model id")
+                                   allow_custom_value=True, info="auto takes glyphs for grey drawings when its features fit "
+                                                                 "them better, else cifar10; hub networks (probe only) when "
+                                                                 "cached or online; or type a Hugging Face image model id")
             strategy = gr.Radio([("Fine-tune every layer (best)", "finetune"), ("Linear probe (seconds)", "probe")],
                                 value="finetune", label="Strategy")
             flip.render()

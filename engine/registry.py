@@ -187,7 +187,9 @@ HF_IMAGE_MODELS = {
 }
 
 
-def shipped_check(folder: Path) -> Callable[[], tuple[bool, str]]:
+def shipped_check(folder: Path, ready: str = "shipped with minilab") -> Callable[[], tuple[bool, str]]:
+    """Available when the folder holds weights and a readable card; `ready` says where the model came from."""
+
     def check() -> tuple[bool, str]:
         from engine.checkpoints import read_card
 
@@ -199,7 +201,7 @@ def shipped_check(folder: Path) -> Callable[[], tuple[bool, str]]:
             read_card(folder)
         except UserError as error:
             return False, str(error)
-        return True, "shipped with minilab"
+        return True, ready
 
     return check
 
@@ -287,7 +289,8 @@ def model_entry_for_folder(folder: Path, name: str, source: str, session: str | 
     if metrics.get("final100_mean") is not None:
         description += f" Mean return {metrics['final100_mean']:.1f} over 100 episodes."
     return ModelEntry(name=name, task=card["task"], source=source, description=description,
-                      load=lambda: load_model_folder(folder, card["task"], name), check=shipped_check(folder),
+                      load=lambda: load_model_folder(folder, card["task"], name),
+                      check=shipped_check(folder, "made in this session" if session else "shipped with minilab"),
                       session=session, folder=folder)
 
 

@@ -145,3 +145,14 @@ def test_torchvision_classifier_loads_cached_weights(tmp_path, monkeypatch):
     assert len(classifier.labels) == 1000 and classifier.labels[0] == "tench"
     result = classifier.classify(torch.rand(64, 80, 3).mul(255).byte().numpy())
     assert len(result["top"]) == 5
+
+
+def test_a_session_model_says_it_was_made_in_this_session_not_shipped():
+    """The System tab's "why" column: a fine-tune is the user's own, not part of minilab."""
+    from engine.registry import CHECKPOINTS_DIR, model_entry_for_folder
+
+    registry = Registry()
+    registry.add(model_entry_for_folder(CHECKPOINTS_DIR / "mnist", "my-digits", "session", session="alice"))
+    registry.add(model_entry_for_folder(CHECKPOINTS_DIR / "mnist", "mnist", "shipped"))
+    assert registry.availability("my-digits", "alice") == (True, "made in this session")
+    assert registry.availability("mnist") == (True, "shipped with minilab")
