@@ -33,7 +33,7 @@ from engine.uploads import ClassFolderDataset, check_classes, read_image_upload
 from engine.vision.data import stratified_split
 from engine.vision.hub_backbone import HubProbe, hub_preprocessing, is_hub_backbone, load_hub_classifier
 from engine.vision.nets import ResNet9, ResNet9Config, resnet_config_dict
-from engine.vision.train import Augment, VisionTrainConfig, evaluate, fit_classifier, normalise
+from engine.vision.train import Augment, VisionTrainConfig, border_pixels, evaluate, fit_classifier, normalise
 
 ProgressFn = Callable[[dict], None]
 BACKBONES = ("auto", "cifar10", "glyphs", "mnist", "scratch")  # shipped networks, or none; their weights are in checkpoints/
@@ -223,8 +223,7 @@ def pooled_features(model: nn.Module, x: torch.Tensor, batch_size: int = 256) ->
 
 def border_median(images: torch.Tensor) -> float:
     """The median of every channel of every image's outermost pixels, 0-255: how bright the ground is."""
-    pixels = images.float()
-    return torch.cat([pixels[..., 0, :], pixels[..., -1, :], pixels[..., :, 0], pixels[..., :, -1]], dim=-1).median().item()
+    return border_pixels(images.float()).median().item()
 
 
 def light_ground(images: torch.Tensor) -> bool:

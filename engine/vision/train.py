@@ -117,11 +117,15 @@ def one_cycle(progress: float, max_lr: float, pct_start: float = 0.2) -> tuple[f
     return final + (max_lr - final) * fall, 0.85 + 0.10 * (1 - fall)
 
 
+def border_pixels(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C, 2H + 2W): each image's outermost rows and columns, where the ground shows."""
+    return torch.cat([x[..., 0, :], x[..., -1, :], x[..., :, 0], x[..., :, -1]], dim=-1)
+
+
 def ground_colour(x: torch.Tensor) -> torch.Tensor:
     """Per channel, the median of the images' border pixels, shaped (1, C, 1, 1): the ground that pixels moved
     in from outside should take: black for MNIST's digits, white for drawings on paper or shapes on white."""
-    border = torch.cat([x[..., 0, :], x[..., -1, :], x[..., :, 0], x[..., :, -1]], dim=-1)  # (N, C, 4 * side)
-    return border.transpose(0, 1).reshape(x.shape[1], -1).median(dim=1).values.view(1, -1, 1, 1)
+    return border_pixels(x).transpose(0, 1).reshape(x.shape[1], -1).median(dim=1).values.view(1, -1, 1, 1)
 
 
 def normalise(images: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
