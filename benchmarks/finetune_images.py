@@ -8,6 +8,8 @@ tab's own prediction path (files -> ShippedClassifier), on the other 4,500 MNIST
 
     python benchmarks/finetune_images.py --threads 2          # prints one JSON line
     python benchmarks/finetune_images.py --threads 2 --invert # dark digits on white, as drawn on paper
+    python benchmarks/finetune_images.py --threads 2 --background photos   # colour digits on photo crops (MNIST-M)
+    python benchmarks/reference_cnn.py --seed 0               # the issue's yardstick on the same upload
 """
 from __future__ import annotations
 
@@ -30,8 +32,8 @@ from engine.vision.finetune import ImageFinetuneConfig, finetune_images  # noqa:
 
 
 def as_picture(image: np.ndarray, side: int = 28) -> Image.Image:
-    """A 28x28 digit as a picture file would hold it, resized (bicubic) to `side` pixels."""
-    picture = Image.fromarray(image.reshape(28, 28))
+    """A 28x28 digit (grey, or 28x28x3 colour) as a picture file would hold it, resized (bicubic) to `side` pixels."""
+    picture = Image.fromarray(image.reshape(28, 28) if image.size == 28 * 28 else image.reshape(28, 28, 3))
     return picture if side == 28 else picture.resize((side, side), Image.BICUBIC)
 
 
@@ -44,6 +46,32 @@ def make_upload(images: np.ndarray, labels: np.ndarray, folder: Path, side: int 
             archive.write(png, f"digits/{label}/{i}.png")
             png.unlink()
     return target
+
+
+def on_photos(digits: np.ndarray, photos: np.ndarray, seed: int = 123) -> np.ndarray:
+    """MNIST-M's recipe (Ganin et al. 2016): each digit blended as |photo - digit| over a random 28x28 crop of a
+    colour photo (here CIFAR-10's), so ink and ground take every colour. Returns (N, 28, 28, 3) uint8."""
+    rng = np.random.default_rng(seed)
+    which, x0, y0 = rng.integers(0, len(photos), len(digits)), rng.integers(0, 5, len(digits)), rng.integers(0, 5, len(digits))
+    crops = np.stack([photos[i][:, y:y + 28, x:x + 28].transpose(1, 2, 0) for i, x, y in zip(which, x0, y0)])
+    return np.abs(crops.astype(np.int16) - digits[..., None].astype(np.int16)).astype(np.uint8)
+
+
+def upload_digits(split: str, invert: bool, background: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """The digits a benchmark uploads and scores, as the options ask: (images, labels)."""
+    with np.load(find_data_file("mnist/mnist_subset.npz", data_dir)) as data:
+        images, labels = data[f"x_{split}"].reshape(-1, 28, 28), data[f"y_{split}"]
+    if invert:
+        images = 255 - images
+    if background == "photos":
+        with np.load(find_data_file("cifar10-subset/cifar10_subset.npz", data_dir)) as data:
+            images = on_photos(images, data["x_train"])
+    return images, labels
+
+
+def describe(args: argparse.Namespace, n: int) -> str:
+    return (f"{n} MNIST {args.split} digits{' (inverted)' if args.invert else ''}"
+            f"{' on CIFAR-10 photo crops (MNIST-M style)' if args.background == 'photos' else ''}, {args.side} px, in 10 class folders (zip)")
 
 
 def draw_upload(labels: np.ndarray, seed: int, per_class: int = 50) -> tuple[np.ndarray, np.ndarray]:
@@ -74,13 +102,12 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="any ImageFinetuneConfig field, as name=value")
     parser.add_argument("--invert", action="store_true", help="dark digits on a light ground (255 - pixel), as drawn on paper")
     parser.add_argument("--side", type=int, default=28, help="save the digits at this many pixels (bicubic), as a scan might")
+    parser.add_argument("--background", choices=("plain", "photos"), default="plain",
+                        help="photos: colour digits blended over crops of CIFAR-10 photos, as MNIST-M makes them")
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    with np.load(find_data_file("mnist/mnist_subset.npz", args.data_dir)) as data:
-        images, labels = data[f"x_{args.split}"], data[f"y_{args.split}"]
-    if args.invert:
-        images = 255 - images
+    images, labels = upload_digits(args.split, args.invert, args.background, args.data_dir)
     upload_idx, unseen = draw_upload(labels, args.seed, args.per_class)
     config = ImageFinetuneConfig()
     for name in ("backbone", "strategy", "time_budget", "lr", "val_fraction", "max_rotate", "label_smoothing", "batch_size", "tta_shift", "image_size"):
@@ -109,7 +136,7 @@ def main() -> None:
         predicted = [int(classifier.labels[i]) for i in probs.argmax(1).tolist()]
         accuracy = float(np.mean(np.array(predicted) == labels[unseen]))
     metrics = result["metrics"]
-    print(json.dumps({"benchmark": "finetune_images", "upload": f"{len(upload_idx)} MNIST {args.split} digits{' (inverted)' if args.invert else ''}, {args.side} px, in 10 class folders (zip)",
+    print(json.dumps({"benchmark": "finetune_images", "seed": args.seed, "upload": describe(args, len(upload_idx)),
                       "backbone": metrics["backbone"], "cv_accuracy_by_backbone": metrics.get("cv_accuracy_by_backbone"),
                       "strategy": config.strategy, "threads": args.threads,
                       "seconds_from_click": round(seconds, 1), "read_seconds": metrics["read_seconds"],
