@@ -260,6 +260,8 @@ def _results(job) -> tuple[str, object, pd.DataFrame | None, list, pd.DataFrame 
     per_class = pd.DataFrame([{"class": c, "accuracy": f"{a:.1%}"} for c, a in metrics["per_class_accuracy"].items()])
     where = "**Image classification**" if kind == "image" else "**Text → Sentiment** (it lists every text classifier)"
     extra = f" · encoder: {metrics['encoder']}" if metrics.get("encoder") else ""
+    if metrics.get("sst2_agreement") and not metrics.get("cv_accuracy_by_encoder"):  # sentiment under other names
+        extra += f", which read your labels as sentiment: it agreed with {metrics['sst2_agreement']:.0%} of them before training"
     if kind == "image" and metrics.get("epochs_run"):
         extra += f" · {metrics['epochs_run']} epochs"
         if metrics.get("epoch_ceiling_reached"):
@@ -459,7 +461,7 @@ def build(owner: gr.BrowserState) -> dict:
         with gr.Row():
             text_strategy = gr.Radio([("LoRA fine-tune (best)", "lora"), ("Linear probe (seconds)", "probe")],
                                      value="lora", label="Strategy")
-            text_backbone = gr.Dropdown([("automatic (sst2 for negative/positive labels, else cross-validated)", "auto"), ("sentiment-tuned MiniLM (sst2)", "sst2"),
+            text_backbone = gr.Dropdown([("automatic (sst2 for sentiment, else cross-validated)", "auto"), ("sentiment-tuned MiniLM (sst2)", "sst2"),
                                          ("plain MiniLM", "minilm")], value="auto", label="Encoder")
     with gr.Group(visible=False) as chargpt_settings:
         init = gr.Radio([("From scratch", "scratch"), ("Continue from the Shakespeare model", "shakespeare")],

@@ -204,15 +204,27 @@ def test_an_image_finetune_says_when_its_epoch_ceiling_ended_it_before_its_time(
     assert metrics["epochs_run"] == 2 and metrics["epoch_ceiling_reached"] is True and metrics["seconds"] < 30
 
 
-def write_reviews(path: Path, n: int = 24) -> Path:
+def write_reviews(path: Path, n: int = 24, names: tuple[str, str] = ("liked", "disliked")) -> Path:
+    """n good and n bad reviews, labelled names[0] and names[1]."""
     rng = random.Random(0)
     good = ["a wonderful film", "I loved every minute", "great food and friendly staff", "works perfectly, very happy"]
     bad = ["a terrible film", "I hated every minute", "cold food and rude staff", "broke after a day, very unhappy"]
     rows = [("review", "verdict")]
     for i in range(n):
-        rows += [(f"{rng.choice(good)} {i}", "liked"), (f"{rng.choice(bad)} {i}", "disliked")]
+        rows += [(f"{rng.choice(good)} {i}", names[0]), (f"{rng.choice(bad)} {i}", names[1])]
     with open(path, "w", newline="") as handle:
         csv.writer(handle).writerows(rows)  # quoted where a review holds a comma
+    return path
+
+
+def write_topics(path: Path, n: int = 12) -> Path:
+    """Reviews labelled by what they are about (film or food), good and bad alike: not sentiment."""
+    rng = random.Random(1)
+    film = ["a wonderful film", "a terrible film", "the actors were superb", "the plot made no sense"]
+    food = ["great food and friendly staff", "cold food and rude staff", "the soup was delicious", "the pasta was bland"]
+    rows = [("review", "topic")] + [row for i in range(n) for row in ((f"{rng.choice(film)} {i}", "film"), (f"{rng.choice(food)} {i}", "food"))]
+    with open(path, "w", newline="") as handle:
+        csv.writer(handle).writerows(rows)
     return path
 
 
@@ -235,33 +247,55 @@ def test_text_lora_end_to_end(tmp_path):
 
     config = TextFinetuneConfig(strategy="lora", time_budget=20, lora_epochs=8)  # 8 steps of 20 rows
     events = []
-    result = finetune_text_classifier([write_reviews(tmp_path / "r.csv", 12)], config, tmp_path / "model", events.append)
-    # labels that are not sst2's: the encoder whose sentence vectors fit them best (cross-validated) is chosen
-    scores = result["metrics"]["cv_accuracy_by_encoder"]
-    assert result["history"] and set(scores) == {"sst2", "minilm"} and result["metrics"]["encoder"] == max(scores, key=scores.get)
+    result = finetune_text_classifier([write_topics(tmp_path / "r.csv", 12)], config, tmp_path / "model", events.append)
+    # labels that are not sentiment: the encoder whose sentence vectors fit them best (cross-validated) is chosen
+    metrics = result["metrics"]
+    scores = metrics["cv_accuracy_by_encoder"]
+    assert result["history"] and set(scores) == {"sst2", "minilm"} and metrics["encoder"] == max(scores, key=scores.get)
+    assert metrics["sst2_agreement"] < 0.75  # sst2 could not read these labels as sentiment either way round
     assert {"kind": "stage", "stage": "choosing the encoder"} in events
-    # the page's curves: training-loss points every 3 steps, validation points at step 0 and every 10 steps
+    # the page's curves: training-loss points every 3 steps, validation points every 10 steps and at the end,
+    # and at step 0 too when training starts from sst2's adapters (a started model is scored first)
     points = [e for e in events if e["kind"] == "epoch"]
     assert [e["step"] for e in points if "val_acc" not in e] == [3, 6]
     assert all(e["train_loss"] > 0 for e in points if "val_acc" not in e)
-    assert [e["step"] for e in points if "val_acc" in e] == [0, 8]
+    assert [e["step"] for e in points if "val_acc" in e] == ([0, 8] if metrics["encoder"] == "sst2" else [8])
     predictor = load_text_classifier(result["folder"])
-    assert set(predictor.predict("loved it")) == {"disliked", "liked"}
+    assert set(predictor.predict("a film")) == {"film", "food"}
+
+
+def test_sentiment_under_any_names_keeps_sst2s_head(tmp_path):
+    """sst2's own label names keep its head without asking; two other labels keep it, in the right order, when sst2
+    already agrees with them before training (0/1, or good/bad written the other way round); labels that are not
+    sentiment, or more than two classes, get a new head."""
+    from engine.text.finetune import arch_for, sst2_head_order
+
+    good = ["a wonderful film", "I loved every minute", "great food and friendly staff", "works perfectly, very happy"] * 5
+    bad = ["a terrible film", "I hated every minute", "cold food and rude staff", "broke after a day, very unhappy"] * 5
+    texts = good + bad
+    for names in (["negative", "positive"], ["Negative", "Positive"], ["neg", "pos"], ["NEG ", "POS"]):
+        assert sst2_head_order(texts, [names[1]] * 20 + [names[0]] * 20, names, seed=0) == ([0, 1], None), names
+    order, agreement = sst2_head_order(texts, ["1"] * 20 + ["0"] * 20, ["0", "1"], seed=0)
+    assert order == [0, 1] and agreement >= 0.9
+    order, agreement = sst2_head_order(texts, ["bad"] * 20 + ["good"] * 20, ["bad", "good"], seed=0)  # the names swapped
+    assert order == [1, 0] and agreement >= 0.9
+    topics = ["film" if "film" in t or "minute" in t else "food" for t in texts]
+    order, agreement = sst2_head_order(texts, topics, ["film", "food"], seed=0)
+    assert order is None and agreement < 0.75
+    assert sst2_head_order(texts, ["a"] * 14 + ["b"] * 13 + ["c"] * 13, ["a", "b", "c"], seed=0) == (None, None)
+
+    _, kept = arch_for("sst2", ["negative", "positive"], [0, 1])
+    _, swapped = arch_for("sst2", ["bad", "good"], [1, 0])
+    _, new = arch_for("sst2", ["film", "food"])
+    assert torch.equal(swapped["head.weight"], kept["head.weight"].flip(0)) and torch.equal(swapped["head.bias"], kept["head.bias"].flip(0))
+    assert set(kept) - set(new) == {"head.weight", "head.bias"}
 
 
 def test_lora_on_sentiment_labels_starts_from_the_whole_sst2_model(tmp_path):
-    """Reviews labelled negative/positive start from sst2 with its head (the starting model is scored before
-    any step, so training cannot end worse than it began on the validation rows); other labels get a new head."""
-    from engine.text.finetune import TextFinetuneConfig, arch_for, finetune_text_classifier
+    """Reviews labelled negative/positive start from sst2 with its head: the starting model is scored before any
+    step, so training cannot end more than two validation rows worse than it began."""
+    from engine.text.finetune import TextFinetuneConfig, finetune_text_classifier
 
-    _, same = arch_for("sst2", ["negative", "positive"])
-    _, other = arch_for("sst2", ["disliked", "liked"])
-    assert "head.weight" in same and "head.weight" not in other
-    for names in (["Negative", "Positive"], ["neg", "pos"], ["NEG ", "POS"]):  # any case, short names, stray spaces
-        assert torch.equal(arch_for("sst2", names)[1]["head.weight"], same["head.weight"]), names
-    for names in (["negative", "neutral", "positive"], ["positive", "spam"]):
-        assert "head.weight" not in arch_for("sst2", names)[1], names
-    assert set(same) - set(other) == {"head.weight", "head.bias"}
     path = write_reviews(tmp_path / "r.csv", 12)
     path.write_text(path.read_text().replace("disliked", "Negative").replace("liked", "Positive"))
     config = TextFinetuneConfig(strategy="lora", time_budget=4, lora_epochs=1)

@@ -161,6 +161,27 @@ def lora_model(tmp_path_factory):
     return model, labels, folder
 
 
+@pytest.mark.parametrize("scores, keep_last_within, kept", [
+    ([0.95, 0.94], 2, 0.94),  # the last pass is within two of 100 rows of the best: the last is kept
+    ([0.99, 0.94], 2, 0.99),  # an earlier pass beat it by five rows: that one
+    ([0.95, 0.94], 0, 0.95),  # the default keeps the best pass
+    ([0.94, 0.95], 0, 0.95),
+])
+def test_which_validation_pass_is_kept(monkeypatch, scores, keep_last_within, kept):
+    import engine.text.classify as classify
+
+    passes = iter(scores)
+    monkeypatch.setattr(classify, "evaluate_predictor", lambda *args: {"accuracy": next(passes)})
+    states = []
+    monkeypatch.setattr(classify.TextClassifier, "load_saved_state", lambda self, state: states.append(state))
+    config = classify.TextTrainConfig(epochs=2, batch_size=4, lora_r=2, eval_every=2, keep_last_within=keep_last_within)
+    val_texts, val_labels = ["a", "b"] * 50, ["positive", "negative"] * 50  # 100 rows, scored by the scripted passes
+    _, _, metrics = classify.train_text_classifier(SENTENCES, LABELS, val_texts, val_labels, config)
+    assert [h["step"] for h in metrics["history"]] == [2, 4]  # 8 sentences in batches of 4, two epochs
+    assert metrics["val_accuracy"] == kept
+    assert len(states) == (0 if kept == scores[-1] else 1)  # an earlier state is loaded only when it is kept
+
+
 def test_lora_adapter_round_trip_through_a_checkpoint(lora_model):
     from safetensors.torch import load_file
 

@@ -96,21 +96,40 @@ def encoder(name: str):
 
 
 SENTIMENT_NAMES = {"negative": "negative", "neg": "negative", "positive": "positive", "pos": "positive"}  # sst2's labels
+SST2_AGREEMENT = 0.75  # sst2 must already give this share of the sample the upload's labels to keep its head
 
 
-def speaks_sst2(classes: list[str]) -> bool:
-    """True when the labels are sst2's own, in its order, in any case or short (Negative/Positive, neg/pos): then
-    training starts from sst2's head, as arch_for gives it."""
+def sst2_head_order(texts: list[str], labels: list[str], classes: list[str], seed: int, sample: int = 300) -> tuple[list[int] | None, float | None]:
+    """Which of sst2's head rows (negative, positive) serve the upload's classes, in the classes' order, or None for
+    a new head; and the share of a sample of the training rows on which sst2 already gives the upload's labels.
+    Labels that name sst2's own (Negative/Positive, neg/pos, any case) keep its head without asking. Two other
+    labels (0/1, bad/good, 1 star/5 stars, or the two sentiments swapped) keep it too when sst2, before any
+    training, agrees with them on SST2_AGREEMENT of the sample either way round: the upload is then sentiment
+    however it is written, and training starts from a model that already reads it. Anything else (three
+    classes, spam/ham, which kind of review) gets a new head."""
     from engine.checkpoints import read_card
 
-    return [SENTIMENT_NAMES.get(name.strip().lower()) for name in classes] == list(read_card(sst2_folder())["labels"])
+    sst2_labels = list(read_card(sst2_folder())["labels"])
+    named = [SENTIMENT_NAMES.get(name.strip().lower()) for name in classes]
+    if sorted(filter(None, named)) == sorted(sst2_labels) and len(named) == len(sst2_labels):
+        return [sst2_labels.index(name) for name in named], None
+    if len(classes) != len(sst2_labels):
+        return None, None
+    index = np.random.default_rng(seed).permutation(len(texts))[:sample]
+    predicted = encoder("sst2").predict_proba([texts[i] for i in index]).argmax(1)
+    truth = np.array([classes.index(labels[i]) for i in index])
+    agreement = float((predicted == truth).mean())  # classes[0] read as negative, classes[1] as positive
+    if agreement >= SST2_AGREEMENT:
+        return [0, 1], agreement
+    if 1 - agreement >= SST2_AGREEMENT:
+        return [1, 0], 1 - agreement
+    return None, max(agreement, 1 - agreement)
 
 
-def arch_for(backbone: str, classes: list[str]) -> tuple[dict, dict[str, torch.Tensor]]:
+def arch_for(backbone: str, classes: list[str], head_order: list[int] | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
     """The minilm-classifier arch_config of a model on this encoder, and the weights it starts from: the sst2
-    adapters, and sst2's head too when the classes are sst2's own, in any case or short (Negative/Positive,
-    neg/pos): an upload of reviews then starts from a model that already reads sentiment, and training adapts
-    it to the upload's domain. Other labels get a new head."""
+    adapters, and sst2's head too, its rows in `head_order` (from sst2_head_order), when the upload is sentiment:
+    training then adapts a model that already reads sentiment to the upload's domain. Otherwise a new head."""
     from safetensors.torch import load_file
 
     from engine.checkpoints import read_card
@@ -121,8 +140,10 @@ def arch_for(backbone: str, classes: list[str]) -> tuple[dict, dict[str, torch.T
     folder = sst2_folder()
     card = read_card(folder)
     arch = dict(card["arch_config"], n_labels=len(classes))
-    same_classes = speaks_sst2(classes)
-    weights = {k: v for k, v in load_file(folder / "weights.safetensors").items() if same_classes or not k.startswith("head.")}
+    weights = {k: v for k, v in load_file(folder / "weights.safetensors").items() if head_order or not k.startswith("head.")}
+    for name in ("head.weight", "head.bias"):
+        if head_order and name in weights:
+            weights[name] = weights[name][head_order].clone()
     return arch, weights
 
 
@@ -224,19 +245,22 @@ def finetune_text_classifier(paths: list[str | Path], config: TextFinetuneConfig
         chosen = {"encoder": backbone, "l2": l2, "cv_accuracy": round(score, 4)}
         training = {**asdict(config), **chosen}
     else:
-        backbone, chosen = config.backbone, {}
-        if backbone == "auto":  # sst2's labels keep sst2's head; other labels go to the encoder that fits them best
-            backbone = "sst2" if speaks_sst2(classes) else None
-        if backbone is None:
+        backbone, chosen, head_order = config.backbone, {}, None
+        if backbone in ("auto", "sst2"):  # sentiment keeps sst2's head; other labels go to the encoder that fits them best
             report({"kind": "stage", "stage": "choosing the encoder"})
+            head_order, agreement = sst2_head_order(train_texts, train_labels, classes, config.seed)
+            chosen = {} if agreement is None else {"sst2_agreement": round(agreement, 4)}
+            backbone = "sst2" if head_order or backbone == "sst2" else None
+        if backbone is None:
             backbone, scores = pick_encoder(train_texts, train_labels, classes, config.seed)
-            chosen = {"cv_accuracy_by_encoder": {name: round(score, 4) for name, score in scores.items()}}
-        arch, encoder_weights = arch_for(backbone, classes)
+            chosen["cv_accuracy_by_encoder"] = {name: round(score, 4) for name, score in scores.items()}
+        arch, encoder_weights = arch_for(backbone, classes, head_order)
         # The budget runs from the click: reading the upload and choosing the encoder come out of it.
         train_config = TextTrainConfig(epochs=config.lora_epochs, lr=config.lora_lr, seed=config.seed,
                                        time_budget=max(1.0, config.time_budget - (time.perf_counter() - started)), method="lora",
                                        lora_r=int(arch.get("lora_r", 8)), lora_alpha=int(arch.get("lora_alpha", 16)),
-                                       eval_every=10, report_every=3)  # about 80 steps in 25 s: curves that move
+                                       eval_every=10, report_every=3,  # about 80 steps in 25 s: curves that move
+                                       keep_last_within=2)
 
         def relay(event: dict) -> None:
             """Validation passes and training-loss reports both become points of the page's curves."""
