@@ -141,9 +141,8 @@ def arch_for(backbone: str, classes: list[str], head_order: list[int] | None = N
     card = read_card(folder)
     arch = dict(card["arch_config"], n_labels=len(classes))
     weights = {k: v for k, v in load_file(folder / "weights.safetensors").items() if head_order or not k.startswith("head.")}
-    for name in ("head.weight", "head.bias"):
-        if head_order and name in weights:
-            weights[name] = weights[name][head_order].clone()
+    if head_order:  # the head's rows in the upload's order of classes
+        weights["head.weight"], weights["head.bias"] = weights["head.weight"][head_order], weights["head.bias"][head_order]
     return arch, weights
 
 
