@@ -51,6 +51,19 @@ def test_two_columns_with_one_known_name_are_text_and_label():
         parse_labelled_text("", "x.csv")
 
 
+def test_two_columns_without_a_header_are_read_as_rows():
+    """UCI's sentiment files have no header ("sentence<TAB>0"): the first line is a row, as its label recurs below."""
+    table = parse_labelled_text("So good.\t1\nBroke at once.\t0\nLove it\t1\n\t0\nMeh.\t0\n", "amazon.txt")
+    assert (table.text_column, table.label_column) == ("column 1", "column 2")
+    assert table.texts == ["So good.", "Broke at once.", "Love it", "Meh."] and table.labels == ["1", "0", "1", "0"]
+    assert table.skipped == ["row 4: empty text"]  # the file's own line number
+    table = parse_labelled_text('pos,"great, really"\nneg,awful\npos,loved it\nneg,dull\n', "x.csv", sentiment=True)
+    assert table.text_column == "column 2" and table.labels == ["positive", "negative", "positive", "negative"]
+    # a real header names no value of its column, so it stays a header (and unknown names are still refused)
+    with pytest.raises(UserError, match="no text column"):
+        parse_labelled_text("tweet,polarity\nhappy,1\nsad,0\nfine,1\n", "x.csv")
+
+
 def test_encodings_and_binary(tmp_path: Path):
     content = "label\ttext\n1\tcafé crème\n"
     for encoding in ("utf-8", "utf-8-sig", "utf-16", "cp1252"):

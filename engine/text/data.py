@@ -74,10 +74,24 @@ def _pick(columns: list[str], wanted: tuple[str, ...], what: str, name: str) -> 
                     f"name one of them {' or '.join(repr(w) for w in wanted[:3])}.")
 
 
+def headerless_columns(rows: list[list[str]]) -> tuple[int, int] | None:
+    """(text, label) column indices when a two-column file has no header, as UCI's "sentence<TAB>0" files have
+    none: its first row's label is then one of the values the label column (the one with fewer distinct values)
+    repeats below it. A header's names are not values of their own columns, so a real header is never read as a row."""
+    body = [row for row in rows[1:] if len(row) == 2 and row[0].strip() and row[1].strip()]
+    distinct = [len({row[i].strip().lower() for row in body}) for i in (0, 1)]
+    if len(body) < 2 or distinct[0] == distinct[1]:
+        return None
+    label = 0 if distinct[0] < distinct[1] else 1
+    if rows[0][label].strip().lower() not in {row[label].strip().lower() for row in body}:
+        return None
+    return 1 - label, label
+
+
 def parse_labelled_text(content: str, name: str = "the file", sentiment: bool = False,
                         labels_required: bool = True) -> LabelledText:
-    """CSV or TSV (detected from the header line) -> texts and label names. Rows with an empty text or label
-    are skipped and reported. With `sentiment`, labels 0/1/neg/pos are read as negative/positive. Without
+    """CSV or TSV (detected from the header line) -> texts and label names; a two-column file may have no header
+    (headerless_columns). Rows with an empty text or label are skipped and reported. With `sentiment`, labels 0/1/neg/pos are read as negative/positive. Without
     `labels_required`, a file with no label column gives its texts and labels=None."""
     content = content.lstrip("\ufeff")
     lines = content.splitlines()
@@ -96,7 +110,12 @@ def parse_labelled_text(content: str, name: str = "the file", sentiment: bool = 
     header = [column.strip() for column in rows[0]]
     known_text = [c for c in header if c.lower() in TEXT_COLUMNS]
     known_label = [c for c in header if c.lower() in LABEL_COLUMNS]
-    if len(header) == 2 and labels_required and len(set(header)) == 2 and len(known_text) + len(known_label) == 1:
+    headerless = len(header) == 2 and labels_required and not known_text + known_label and headerless_columns(rows)
+    if headerless:  # the first line is a row: the columns are named by their place
+        header = ["column 1", "column 2"]
+        rows = [header, *rows]
+        text_column, label_column = header[headerless[0]], header[headerless[1]]
+    elif len(header) == 2 and labels_required and len(set(header)) == 2 and len(known_text) + len(known_label) == 1:
         # two columns and one has a name we know (review,verdict or score,comment): the other is the other one
         other = header[1 - header.index((known_text or known_label)[0])]
         text_column, label_column = (known_text[0], other) if known_text else (other, known_label[0])
@@ -107,7 +126,7 @@ def parse_labelled_text(content: str, name: str = "the file", sentiment: bool = 
     ti = header.index(text_column)
     li = header.index(label_column) if label_column else ti
     texts, labels, skipped = [], [], []
-    for number, row in enumerate(rows[1:], start=2):
+    for number, row in enumerate(rows[1:], start=1 if headerless else 2):  # the file's own line numbers
         if not any(cell.strip() for cell in row):
             continue  # blank line
         if len(row) <= max(ti, li):
