@@ -385,7 +385,7 @@ def load_model_zip(file, owner: str | None, request: gr.Request):
 
 HINTS = {"image": "A **zip of class folders** (`cats/…`, `dogs/…`), or several images plus a **CSV of filename,label**.",
          "text": "A **CSV or TSV** with a text column (`text`, `sentence`, `review`…) and a label column (`label`, `class`…), "
-                 "or just those two columns with no header.",
+                 "or any two columns, with a header or none.",
          "chargpt": "A **plain-text file** (.txt): a book, song lyrics, code… 100 kB or more gives words and lines."}
 
 

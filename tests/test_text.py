@@ -51,7 +51,7 @@ def test_two_columns_with_one_known_name_are_text_and_label():
         parse_labelled_text("", "x.csv")
 
 
-def test_two_columns_without_a_header_are_read_as_rows():
+def test_two_columns_without_a_header_or_with_unknown_names():
     """UCI's sentiment files have no header ("sentence<TAB>0"): the first line is a row, as its label recurs below."""
     table = parse_labelled_text("So good.\t1\nBroke at once.\t0\nLove it\t1\n\t0\nMeh.\t0\n", "amazon.txt")
     assert (table.text_column, table.label_column) == ("column 1", "column 2")
@@ -59,9 +59,11 @@ def test_two_columns_without_a_header_are_read_as_rows():
     assert table.skipped == ["row 4: empty text"]  # the file's own line number
     table = parse_labelled_text('pos,"great, really"\nneg,awful\npos,loved it\nneg,dull\n', "x.csv", sentiment=True)
     assert table.text_column == "column 2" and table.labels == ["positive", "negative", "positive", "negative"]
-    # a real header names no value of its column, so it stays a header (and unknown names are still refused)
-    with pytest.raises(UserError, match="no text column"):
-        parse_labelled_text("tweet,polarity\nhappy,1\nsad,0\nfine,1\n", "x.csv")
+    # names it does not know: the column that repeats its values is the label; a header names no value of its column
+    table = parse_labelled_text("tweet,polarity\nhappy days,1\nso sad,0\nfine,1\nugh,0\n", "x.csv")
+    assert (table.text_column, table.label_column, table.texts[0]) == ("tweet", "polarity", "happy days")
+    with pytest.raises(UserError, match="no text column"):  # values that do not tell: every one differs
+        parse_labelled_text("tweet,polarity\nhappy days,1\nso sad,0\n", "x.csv")
 
 
 def test_encodings_and_binary(tmp_path: Path):

@@ -74,24 +74,23 @@ def _pick(columns: list[str], wanted: tuple[str, ...], what: str, name: str) -> 
                     f"name one of them {' or '.join(repr(w) for w in wanted[:3])}.")
 
 
-def headerless_columns(rows: list[list[str]]) -> tuple[int, int] | None:
-    """(text, label) column indices when a two-column file has no header, as UCI's "sentence<TAB>0" files have
-    none: its first row's label is then one of the values the label column (the one with fewer distinct values)
-    repeats below it. A header's names are not values of their own columns, so a real header is never read as a row."""
+def columns_by_content(rows: list[list[str]]) -> tuple[int, int, bool] | None:
+    """(text column, label column, whether the first line is a row) of a two-column file whose header names neither:
+    the label column is the one that repeats its values (fewer distinct ones than the other, and than its rows). The first
+    line is a row, not a header, when its label is one of those values, as in UCI's "sentence<TAB>0" files: a
+    header's name is not a value of its own column. None when the values do not tell."""
     body = [row for row in rows[1:] if len(row) == 2 and row[0].strip() and row[1].strip()]
-    distinct = [len({row[i].strip().lower() for row in body}) for i in (0, 1)]
-    if len(body) < 2 or distinct[0] == distinct[1]:
+    values = [{row[i].strip().lower() for row in body} for i in (0, 1)]
+    label = 0 if len(values[0]) < len(values[1]) else 1
+    if len(values[label]) == len(values[1 - label]) or len(values[label]) >= len(body):
         return None
-    label = 0 if distinct[0] < distinct[1] else 1
-    if rows[0][label].strip().lower() not in {row[label].strip().lower() for row in body}:
-        return None
-    return 1 - label, label
+    return 1 - label, label, rows[0][label].strip().lower() in values[label]
 
 
 def parse_labelled_text(content: str, name: str = "the file", sentiment: bool = False,
                         labels_required: bool = True) -> LabelledText:
-    """CSV or TSV (detected from the header line) -> texts and label names; a two-column file may have no header
-    (headerless_columns). Rows with an empty text or label are skipped and reported. With `sentiment`, labels 0/1/neg/pos are read as negative/positive. Without
+    """CSV or TSV (detected from the header line) -> texts and label names; in a two-column file with other names,
+    or none, the values tell text from label (columns_by_content). Rows with an empty text or label are skipped and reported. With `sentiment`, labels 0/1/neg/pos are read as negative/positive. Without
     `labels_required`, a file with no label column gives its texts and labels=None."""
     content = content.lstrip("\ufeff")
     lines = content.splitlines()
@@ -110,11 +109,14 @@ def parse_labelled_text(content: str, name: str = "the file", sentiment: bool = 
     header = [column.strip() for column in rows[0]]
     known_text = [c for c in header if c.lower() in TEXT_COLUMNS]
     known_label = [c for c in header if c.lower() in LABEL_COLUMNS]
-    headerless = len(header) == 2 and labels_required and not known_text + known_label and headerless_columns(rows)
-    if headerless:  # the first line is a row: the columns are named by their place
-        header = ["column 1", "column 2"]
-        rows = [header, *rows]
-        text_column, label_column = header[headerless[0]], header[headerless[1]]
+    by_content = len(header) == 2 and labels_required and not known_text + known_label and columns_by_content(rows)
+    headerless = bool(by_content) and by_content[2]
+    if by_content:
+        if headerless or header[0] == header[1]:  # the columns are named by their place
+            header = ["column 1", "column 2"]
+        if headerless:
+            rows = [header, *rows]
+        text_column, label_column = header[by_content[0]], header[by_content[1]]
     elif len(header) == 2 and labels_required and len(set(header)) == 2 and len(known_text) + len(known_label) == 1:
         # two columns and one has a name we know (review,verdict or score,comment): the other is the other one
         other = header[1 - header.index((known_text or known_label)[0])]
