@@ -76,9 +76,9 @@ def _pick(columns: list[str], wanted: tuple[str, ...], what: str, name: str) -> 
 
 def columns_by_content(rows: list[list[str]]) -> tuple[int, int, bool] | None:
     """(text column, label column, whether the first line is a row) of a two-column file whose header names neither:
-    the label column is the one that repeats its values (fewer distinct ones than the other, and than its rows). The first
-    line is a row, not a header, when its label is one of those values, as in UCI's "sentence<TAB>0" files: a
-    header's name is not a value of its own column. None when the values do not tell."""
+    the label column is the one that repeats its values (fewer distinct ones than the other, and than its rows).
+    The first line is a row, not a header, when its label is one of those values, as in UCI's "sentence<TAB>0"
+    files: a header's name is not a value of its own column. None when the values do not tell."""
     body = [row for row in rows[1:] if len(row) == 2 and row[0].strip() and row[1].strip()]
     values = [{row[i].strip().lower() for row in body} for i in (0, 1)]
     label = 0 if len(values[0]) < len(values[1]) else 1
@@ -90,8 +90,9 @@ def columns_by_content(rows: list[list[str]]) -> tuple[int, int, bool] | None:
 def parse_labelled_text(content: str, name: str = "the file", sentiment: bool = False,
                         labels_required: bool = True) -> LabelledText:
     """CSV or TSV (detected from the header line) -> texts and label names; in a two-column file with other names,
-    or none, the values tell text from label (columns_by_content). Rows with an empty text or label are skipped and reported. With `sentiment`, labels 0/1/neg/pos are read as negative/positive. Without
-    `labels_required`, a file with no label column gives its texts and labels=None."""
+    or none, the values tell text from label (columns_by_content). Rows with an empty text or label are skipped
+    and reported. With `sentiment`, labels 0/1/neg/pos are read as negative/positive. Without `labels_required`,
+    a file with no label column gives its texts and labels=None."""
     content = content.lstrip("\ufeff")
     lines = content.splitlines()
     if not lines or not lines[0].strip():
