@@ -111,7 +111,7 @@ def sst2_head_order(texts: list[str], labels: list[str], classes: list[str], see
 
     sst2_labels = list(read_card(sst2_folder())["labels"])
     named = [SENTIMENT_NAMES.get(name.strip().lower()) for name in classes]
-    if sorted(filter(None, named)) == sorted(sst2_labels) and len(named) == len(sst2_labels):
+    if set(named) == set(sst2_labels) and len(named) == len(sst2_labels):  # each of sst2's names once, any order
         return [sst2_labels.index(name) for name in named], None
     if len(classes) != len(sst2_labels):
         return None, None

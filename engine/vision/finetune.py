@@ -248,9 +248,9 @@ def grey_drawings(images: torch.Tensor) -> str | None:
 
 def choose_backbone(images: torch.Tensor, targets: torch.Tensor, n_classes: int, seed: int) -> tuple[str, dict[str, float]]:
     """cifar10, unless the upload looks like glyphs (grey ink on a plain ground, dark or light) and the glyphs
-    network's frozen features fit it clearly better: a logistic regression on them, 3-fold cross-validated on the training images,
-    must beat cifar10's by AUTO_MARGIN. On ten uploads of 500 digits glyphs won every time (93-96% against
-    84-89%), and on five of the same digits inverted (dark on white) too. The probe alone is not enough: the
+    network's frozen features fit it clearly better: a logistic regression on them, 3-fold cross-validated on the
+    training images, must beat cifar10's by AUTO_MARGIN. On ten uploads of 500 digits glyphs won every time
+    (93-96% against 84-89%), and on five of the same digits inverted (dark on white) too. The probe alone is not enough: the
     shapes example (coloured, on white) probed 77% on glyphs and 70% on cifar10, yet fine-tuned to 66% from
     glyphs and 99% from cifar10 on new shapes. Validation images are left out: they only score the result."""
     if grey_drawings(images) is None:
