@@ -262,6 +262,9 @@ def _results(job) -> tuple[str, object, pd.DataFrame | None, list, pd.DataFrame 
     extra = f" · encoder: {metrics['encoder']}" if metrics.get("encoder") else ""
     if metrics.get("sst2_agreement") and not metrics.get("cv_accuracy_by_encoder"):  # sentiment under other names
         extra += f", which read your labels as sentiment: it agreed with {metrics['sst2_agreement']:.0%} of them before training"
+    if metrics.get("blended_with_start"):  # WiSE-FT: part of sst2 as it started, which holds what it learnt from SST-2
+        share = metrics["blended_with_start"]
+        extra += f" · kept as {1 - share:.0%} the fine-tuned weights and {share:.0%} sst2's, which remembers SST-2's 67,000 sentences"
     if kind == "image" and metrics.get("epochs_run"):
         extra += f" · {metrics['epochs_run']} epochs"
         if metrics.get("epoch_ceiling_reached"):

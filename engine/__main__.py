@@ -60,7 +60,7 @@ def _print_finetune_progress(event: dict) -> None:
 FINETUNE_OPTIONS = {  # CLI option -> config field, for whichever kinds have it
     "time_budget": "time_budget", "backbone": "backbone", "strategy": "strategy", "epochs": "max_epochs", "lr": "lr",
     "batch_size": "batch_size", "seed": "seed", "val_fraction": "val_fraction", "image_size": "image_size",
-    "init": "init", "flip": "flip",
+    "init": "init", "flip": "flip", "start_weight": "start_weight",
 }
 
 
@@ -319,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--val-fraction", type=float)
     finetune.add_argument("--image-size", type=int, help="image: side in pixels (default: the backbone's)")
     finetune.add_argument("--flip", action="store_true", default=None, help="image: mirror images (photos, not digits)")
+    finetune.add_argument("--start-weight", type=float,
+                          help="text, sentiment labels: sst2's share, as it started, in the model kept (WiSE-FT; default 0.3, "
+                               "0 keeps the fine-tuned weights alone)")
     finetune.add_argument("--seed", type=int)
     finetune.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: all cores)")
     finetune.add_argument("--json", action="store_true", help="print one JSON line last")

@@ -293,7 +293,7 @@ def test_sentiment_under_any_names_keeps_sst2s_head(tmp_path):
 
 def test_lora_on_sentiment_labels_starts_from_the_whole_sst2_model(tmp_path):
     """Reviews labelled negative/positive start from sst2 with its head: the starting model is scored before any
-    step, so training cannot end more than two validation rows worse than it began."""
+    step, and the model kept blends it back in (WiSE-FT): an adapter of twice sst2's rank."""
     from engine.text.finetune import TextFinetuneConfig, finetune_text_classifier
 
     path = write_reviews(tmp_path / "r.csv", 12)
@@ -304,6 +304,9 @@ def test_lora_on_sentiment_labels_starts_from_the_whole_sst2_model(tmp_path):
     assert result["metrics"]["encoder"] == "sst2" and "cv_accuracy_by_encoder" not in result["metrics"]  # no choice to make
     first = result["history"][0]
     assert first["step"] == 0 and first["val_acc"] >= 0.8  # sst2 reads these reviews before any training
+    assert result["metrics"]["blended_with_start"] == 0.3
+    card = json.loads((Path(result["folder"]) / "card.json").read_text())
+    assert (card["arch_config"]["lora_r"], card["arch_config"]["lora_alpha"]) == (16, 32)
 
 
 def test_chargpt_from_scratch_and_from_shakespeare_with_new_characters(tmp_path):

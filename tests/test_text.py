@@ -62,6 +62,10 @@ def test_two_columns_without_a_header_or_with_unknown_names():
     # names it does not know: the column that repeats its values is the label; a header names no value of its column
     table = parse_labelled_text("tweet,polarity\nhappy days,1\nso sad,0\nfine,1\nugh,0\n", "x.csv")
     assert (table.text_column, table.label_column, table.texts[0]) == ("tweet", "polarity", "happy days")
+    # UCI's IMDb file: the first line has four commas and one tab, every line has one tab
+    table = parse_labelled_text("A very, very, very slow-moving, aimless movie.  \t0\nNot sure who was more lost.  \t0\n"
+                                "Great fun, truly.\t1\nLoved it.\t1\n", "imdb_labelled.txt")
+    assert table.texts[0] == "A very, very, very slow-moving, aimless movie." and table.labels == ["0", "0", "1", "1"]
     with pytest.raises(UserError, match="no text column"):  # values that do not tell: every one differs
         parse_labelled_text("tweet,polarity\nhappy days,1\nso sad,0\n", "x.csv")
 
@@ -176,25 +180,70 @@ def lora_model(tmp_path_factory):
     return model, labels, folder
 
 
-@pytest.mark.parametrize("scores, keep_last_within, kept", [
-    ([0.95, 0.94], 2, 0.94),  # the last pass is within two of 100 rows of the best: the last is kept
-    ([0.99, 0.94], 2, 0.99),  # an earlier pass beat it by five rows: that one
-    ([0.95, 0.94], 0, 0.95),  # the default keeps the best pass
-    ([0.94, 0.95], 0, 0.95),
+@pytest.mark.parametrize("scores, keep, kept", [
+    ([0.99, 0.94], "last", 0.94),  # the fine-tune keeps the model where its schedule ends, whatever validation says
+    ([0.94, 0.95], "last", 0.95),
+    ([0.95, 0.94], "best", 0.95),  # the default keeps the best pass
+    ([0.94, 0.95], "best", 0.95),
 ])
-def test_which_validation_pass_is_kept(monkeypatch, scores, keep_last_within, kept):
+def test_which_validation_pass_is_kept(monkeypatch, scores, keep, kept):
     import engine.text.classify as classify
 
     passes = iter(scores)
     monkeypatch.setattr(classify, "evaluate_predictor", lambda *args: {"accuracy": next(passes)})
     states = []
     monkeypatch.setattr(classify.TextClassifier, "load_saved_state", lambda self, state: states.append(state))
-    config = classify.TextTrainConfig(epochs=2, batch_size=4, lora_r=2, eval_every=2, keep_last_within=keep_last_within)
+    config = classify.TextTrainConfig(epochs=2, batch_size=4, lora_r=2, eval_every=2, keep=keep)
     val_texts, val_labels = ["a", "b"] * 50, ["positive", "negative"] * 50  # 100 rows, scored by the scripted passes
     _, _, metrics = classify.train_text_classifier(SENTENCES, LABELS, val_texts, val_labels, config)
     assert [h["step"] for h in metrics["history"]] == [2, 4]  # 8 sentences in batches of 4, two epochs
     assert metrics["val_accuracy"] == kept
     assert len(states) == (0 if kept == scores[-1] else 1)  # an earlier state is loaded only when it is kept
+
+
+def test_a_stopped_run_keeps_its_best_pass_even_when_told_to_keep_the_last(monkeypatch):
+    import engine.text.classify as classify
+
+    scores, scored = iter([0.99, 0.94]), []
+
+    def scripted_pass(*args) -> dict:
+        scored.append(next(scores))
+        return {"accuracy": scored[-1]}
+
+    monkeypatch.setattr(classify, "evaluate_predictor", scripted_pass)
+    states = []
+    monkeypatch.setattr(classify.TextClassifier, "load_saved_state", lambda self, state: states.append(state))
+    config = classify.TextTrainConfig(epochs=2, batch_size=4, lora_r=2, eval_every=2, keep="last")
+    val_texts, val_labels = ["a", "b"] * 50, ["positive", "negative"] * 50
+    _, _, metrics = classify.train_text_classifier(SENTENCES, LABELS, val_texts, val_labels, config,
+                                                   should_stop=lambda: len(scored) >= 1)  # stop once a pass is scored
+    assert [h["step"] for h in metrics["history"]] == [2, 3]  # stopped a step later, scored where it stopped
+    assert metrics["val_accuracy"] == 0.99 and len(states) == 1
+
+
+def test_blending_two_adapters_is_one_adapter_of_twice_the_rank():
+    """WiSE-FT's blend of the starting and the fine-tuned model, written as one LoRA adapter: once merged, its
+    weights are exactly the blend of the two models' merged weights."""
+    from engine.text.classify import TextClassifier
+    from engine.text.finetune import blend_with_start
+
+    arch = {"base": "package:all-MiniLM-L6-v2", "method": "lora", "n_labels": 2, "lora_r": 2, "lora_alpha": 4,
+            "lora_targets": ["query", "dense"]}
+    generator = torch.Generator().manual_seed(0)
+    shapes = {k: v.shape for k, v in TextClassifier(arch).saved_state().items()}
+    start, tuned = ({k: torch.randn(shape, generator=generator) * 0.1 for k, shape in shapes.items()} for _ in range(2))
+
+    def merged(arch: dict, state: dict) -> dict:
+        model = TextClassifier(arch)
+        model.load_saved_state(state)
+        return model.merged().state_dict()
+
+    blended_arch, blended = blend_with_start(arch, start, tuned, start_weight=0.3)
+    assert (blended_arch["lora_r"], blended_arch["lora_alpha"]) == (4, 8)
+    expected_start, expected_tuned, got = merged(arch, start), merged(arch, tuned), merged(blended_arch, blended)
+    assert got.keys() == expected_start.keys()
+    for key in got:
+        assert torch.allclose(got[key], 0.3 * expected_start[key] + 0.7 * expected_tuned[key], atol=1e-5), key
 
 
 def test_lora_adapter_round_trip_through_a_checkpoint(lora_model):

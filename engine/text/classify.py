@@ -289,7 +289,7 @@ class TextTrainConfig:
     max_tokens: int = 64  # training truncates here (sentences are short); prediction allows MAX_TOKENS
     time_budget: float = 0.0  # seconds, 0 = none; the schedule follows whichever of epochs/time ends first
     eval_every: int = 500  # optimizer steps between validation passes
-    keep_last_within: int = 0  # keep the last pass unless an earlier one beat it by more than this many validation rows
+    keep: str = "best"  # at the schedule's end keep the "best" validation pass or the "last"; a stopped run keeps its best
     report_every: int = 20  # optimizer steps between training-loss reports
     seed: int = 0
     bf16: bool = True  # bfloat16 autocast where the hardware runs it fast (engine.device.bfloat16_is_fast)
@@ -312,8 +312,8 @@ def train_text_classifier(train_texts: list[str], train_labels: list[str], val_t
                           should_stop: Callable[[], bool] = lambda: False, device: torch.device | str = "cpu",
                           base: str = BASE_PACKAGE, init_state: dict[str, torch.Tensor] | None = None
                           ) -> tuple[TextClassifier, list[str], dict]:
-    """Fine-tune; return the model of the best validation pass (or the last, within `keep_last_within` rows of the
-    best), its labels and metrics.
+    """Fine-tune; return the model of the best validation pass (or of the last, with keep="last", unless the user
+    stopped it), its labels and metrics.
     `init_state` starts the adapters from another model's (the shipped sst2's, say) instead of from zero."""
     AutoTokenizer, = import_names("transformers", "AutoTokenizer")
 
@@ -381,7 +381,8 @@ def train_text_classifier(train_texts: list[str], train_labels: list[str], val_t
     while True:
         elapsed = time.perf_counter() - started
         fraction = min(1.0, max(step / total_steps, elapsed / config.time_budget if config.time_budget > 0 else 0.0))
-        last = fraction >= 1.0 or should_stop()
+        stopped = fraction < 1.0 and should_stop()
+        last = fraction >= 1.0 or stopped
         if (step % config.eval_every == 0 and (step > 0 or init_state)) or last:  # a started model is scored first
             val_acc = validate() if val_texts else float("nan")
             history.append({"step": step, "train_loss": running, "val_acc": val_acc, "elapsed": elapsed})
@@ -409,10 +410,10 @@ def train_text_classifier(train_texts: list[str], train_labels: list[str], val_t
             if on_progress:
                 on_progress({"kind": "step", "step": step, "total_steps": total_steps, "fraction": fraction,
                              "epoch": step / steps_per_epoch, "train_loss": running, "elapsed": elapsed})
-    # The last pass (where the schedule ends, its learning rate near zero), unless an earlier one beat it by more than
-    # keep_last_within validation rows: with a few hundred rows, passes that close apart differ by luck.
+    # keep="last": the model where the schedule ends (its learning rate near zero), whatever a few hundred validation
+    # rows say of earlier passes, whose differences are mostly luck; a run stopped half-way keeps its best pass.
     kept_acc = val_acc
-    if best_state is not None and best_acc > val_acc + config.keep_last_within / len(val_texts):
+    if best_state is not None and best_acc > val_acc and (config.keep != "last" or stopped):
         model.load_saved_state(best_state)
         kept_acc = best_acc
     metrics = {"val_accuracy": round(kept_acc, 4) if val_texts else None, "n_train": len(train_texts), "n_val": len(val_texts),

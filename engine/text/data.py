@@ -87,6 +87,23 @@ def columns_by_content(rows: list[list[str]]) -> tuple[int, int, bool] | None:
     return 1 - label, label, rows[0][label].strip().lower() in values[label]
 
 
+# TSV files such as GLUE's contain bare quotes inside sentences: read them without quote handling
+QUOTING = {"\t": csv.QUOTE_NONE, ",": csv.QUOTE_MINIMAL, ";": csv.QUOTE_MINIMAL}
+csv.field_size_limit(10 * 2**20)
+
+
+def detect_delimiter(lines: list[str], sample: int = 200) -> str:
+    """Tab, comma or semicolon: the one that splits the first lines into the same number (two or more) of fields
+    most often. The first line alone can mislead: UCI's "A very, very, very slow-moving, aimless movie...<TAB>0"
+    has four commas and one tab. Ties go to the tab, then the comma."""
+    def agreement(delimiter: str) -> float:
+        counts = [len(row) for row in csv.reader(lines[:sample], delimiter=delimiter, quoting=QUOTING[delimiter]) if row]
+        most = max(set(counts), key=counts.count, default=1)
+        return counts.count(most) / len(counts) if most >= 2 else 0.0
+
+    return max(QUOTING, key=agreement)  # max keeps the first of equals
+
+
 def parse_labelled_text(content: str, name: str = "the file", sentiment: bool = False,
                         labels_required: bool = True) -> LabelledText:
     """CSV or TSV (detected from the header line) -> texts and label names; in a two-column file with other names,
@@ -97,12 +114,8 @@ def parse_labelled_text(content: str, name: str = "the file", sentiment: bool = 
     lines = content.splitlines()
     if not lines or not lines[0].strip():
         raise UserError(f"{name}: the file is empty or its first line (the header) is blank.")
-    header_line = lines[0]
-    delimiter = "\t" if header_line.count("\t") >= max(1, header_line.count(",")) else (
-        ";" if header_line.count(";") > header_line.count(",") else ",")
-    # TSV files such as GLUE's contain bare quotes inside sentences: read them without quote handling
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    csv.field_size_limit(10 * 2**20)
+    delimiter = detect_delimiter(lines)
+    quoting = QUOTING[delimiter]
     try:
         rows = list(csv.reader(io.StringIO(content), delimiter=delimiter, quoting=quoting))
     except csv.Error as error:
