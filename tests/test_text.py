@@ -202,7 +202,7 @@ def test_which_validation_pass_is_kept(monkeypatch, scores, keep, kept):
 
 
 def test_a_stopped_run_keeps_its_best_pass_even_when_told_to_keep_the_last(monkeypatch):
-    import engine.text.classify as classify
+    from engine.text import classify
 
     scores, scored = iter([0.99, 0.94]), []
 
