@@ -40,7 +40,8 @@ def page_settings(kind: str) -> list:
     image, text = default_config("image"), default_config("text")
     chosen = image if kind == "image" else text
     return [image.backbone, image.strategy, text.backbone, text.strategy, default_config("chargpt").init, chosen.time_budget,
-            image.max_epochs, image.lr, image.batch_size, chosen.val_fraction, image.image_size, image.flip, image.seed]
+            image.max_epochs, image.lr, image.batch_size, chosen.val_fraction, image.image_size, image.flip, image.seed,
+            text.start_weight]
 
 
 def write_csv(rows: list, path: Path) -> Path:

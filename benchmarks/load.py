@@ -155,7 +155,7 @@ def trainer(url: str, deadline: float, recorder: Recorder, owner: str, upload: P
     from gradio_client import Client, handle_file
 
     client = Client(url, verbose=False, download_files=False)
-    settings = ["cifar10", "finetune", "auto", "probe", "scratch", budget, 60, 0.2, 64, 0.25, 16, False, 0]
+    settings = ["cifar10", "finetune", "auto", "probe", "scratch", budget, 60, 0.2, 64, 0.25, 16, False, 0, 0.3]
     while time.time() < deadline - budget:
         if recorder.timed("finetune_start", lambda: client.predict(owner, "Images", [handle_file(str(upload))], *settings,
                                                                    api_name="/finetune_start")) is None:

@@ -120,7 +120,7 @@ def _problem(check, counts: dict, *args) -> str | None:
 
 
 def _config(kind: str, backbone, strategy, text_backbone, text_strategy, init, budget, epochs, lr, batch_size,
-            val_fraction, image_size, flip, seed):
+            val_fraction, image_size, flip, seed, start_weight=None):
     config = default_config(kind)
     for name, value in (("time_budget", budget), ("seed", seed)):
         if value is not None:
@@ -135,6 +135,8 @@ def _config(kind: str, backbone, strategy, text_backbone, text_strategy, init, b
         config.backbone, config.strategy = text_backbone, text_strategy
         if val_fraction is not None:
             config.val_fraction = float(val_fraction)
+        if start_weight is not None:
+            config.start_weight = float(start_weight)
     else:
         config.init = init
     return config.validate()
@@ -449,6 +451,7 @@ def build(owner: gr.BrowserState) -> dict:
             summary = gr.Markdown(NO_UPLOAD, elem_id="ft-summary")
             samples = gr.Gallery(label="Samples per class", columns=6, height=220, elem_id="ft-samples", fit_columns=False)
     image_defaults = default_config("image")  # the settings the CLI and benchmarks use, so the page matches them
+    text_defaults = default_config("text")
     with gr.Group(visible=True) as image_settings:
         with gr.Row():
             backbone = gr.Dropdown([("auto: glyphs or cifar10", "auto"),
@@ -479,6 +482,9 @@ def build(owner: gr.BrowserState) -> dict:
             val_fraction = gr.Slider(0.05, 0.5, value=image_defaults.val_fraction, step=0.05, label="Held out for validation")
             image_size = gr.Number(value=image_defaults.image_size, precision=0, label="Images: side in pixels (0 = the backbone's)")
             seed = gr.Number(value=image_defaults.seed, precision=0, label="Seed")
+            start_weight = gr.Slider(0, 0.9, value=text_defaults.start_weight, step=0.05,
+                                     label="Text, sentiment: sst2's share in the model kept", elem_id="ft-start-weight",
+                                     info="blended with the fine-tuned weights (WiSE-FT); 0: fine-tuned alone")
     with gr.Row():
         train_button = gr.Button("Train", variant="primary", elem_id="ft-train")
         pause_button = gr.Button("Pause")
@@ -531,7 +537,7 @@ def build(owner: gr.BrowserState) -> dict:
     files.change(inspect_upload, inputs=[kind, files], outputs=[summary, samples], api_name="finetune_inspect")
     kind.change(inspect_upload, inputs=[kind, files], outputs=[summary, samples], api_name=False)  # a zip read as text says so
     settings = [backbone, strategy, text_backbone, text_strategy, init, budget, epochs, lr, batch_size, val_fraction,
-                image_size, flip, seed]
+                image_size, flip, seed, start_weight]
     train_button.click(start, inputs=[owner, kind, files, *settings], outputs=[owner, timer], api_name="finetune_start")
     pause_button.click(lambda o: control("pause", o), inputs=owner, outputs=timer, api_name="finetune_pause")
     resume_button.click(lambda o: control("resume", o), inputs=owner, outputs=timer, api_name="finetune_resume")

@@ -14,8 +14,20 @@ from tests.test_app import launched_client
 from tests.test_finetune import shape_png, shapes_zip, write_reviews
 
 ALICE, BOB = "a" * 32, "b" * 32
-# backbone, strategy, text encoder, text strategy, char init, budget, epochs, lr, batch, val fraction, size, flip, seed
-QUICK_IMAGES = ["cifar10", "finetune", "auto", "probe", "scratch", 3, 60, 0.2, 64, 0.3, 16, False, 0]
+# backbone, strategy, text encoder, text strategy, char init, budget, epochs, lr, batch, val fraction, size, flip, seed,
+# sst2's share in a sentiment model
+QUICK_IMAGES = ["cifar10", "finetune", "auto", "probe", "scratch", 3, 60, 0.2, 64, 0.3, 16, False, 0, 0.3]
+
+
+def test_the_pages_text_settings_reach_the_engine():
+    from demos.finetune import _config
+    from engine.errors import UserError
+
+    config = _config("text", "cifar10", "finetune", "sst2", "lora", "scratch", 20, 60, 0.2, 64, 0.2, 0, False, 3, 0.5)
+    assert (config.backbone, config.strategy, config.time_budget, config.val_fraction, config.seed, config.start_weight) == \
+        ("sst2", "lora", 20.0, 0.2, 3, 0.5)
+    with pytest.raises(UserError, match="below 1"):
+        _config("text", "cifar10", "finetune", "auto", "lora", "scratch", 20, 60, 0.2, 64, 0.2, 0, False, 0, 1.0)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +110,7 @@ def test_text_classifier_via_the_tab(client, tmp_path):
     upload = handle_file(str(write_reviews(tmp_path / "reviews.csv")))
     summary, _ = client.predict("Labelled text", [upload], api_name="/finetune_inspect")
     assert "48 rows in 2 classes" in summary and "`review`" in summary and "`verdict`" in summary
-    settings = ["cifar10", "finetune", "minilm", "probe", "scratch", 10, 60, 0.05, 64, 0.25, 0, False, 0]
+    settings = ["cifar10", "finetune", "minilm", "probe", "scratch", 10, 60, 0.05, 64, 0.25, 0, False, 0, 0.3]
     client.predict("c" * 32, "Labelled text", [upload], *settings, api_name="/finetune_start")
     result = wait_until_done(client, "c" * 32)
     assert "Validation accuracy" in result[3] and result[7] is not None

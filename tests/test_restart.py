@@ -46,7 +46,7 @@ def test_kill_during_a_job_then_restart(tmp_path):
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         upload = handle_file(str(shapes_zip(tmp_path / "shapes.zip", 10)))
-        settings = ["cifar10", "finetune", "auto", "probe", "scratch", 60, 500, 0.2, 64, 0.3, 16, False, 0]
+        settings = ["cifar10", "finetune", "auto", "probe", "scratch", 60, 500, 0.2, 64, 0.3, 16, False, 0, 0.3]
         client.predict("e" * 32, "Images", [upload], *settings, api_name="/finetune_start")
         deadline = time.time() + 60
         while time.time() < deadline and "training" not in client.predict("e" * 32, api_name="/finetune_poll")[0]:
