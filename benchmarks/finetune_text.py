@@ -40,6 +40,14 @@ from engine.vision.data import find_data_file  # noqa: E402
 REVIEW_FILES = [ROOT / "benchmarks" / "data" / f"reviews_{kind}.tsv" for kind in ("products", "films", "restaurants")]
 
 
+def pooled_split(texts: list, labels: list, groups: list, n_upload: int, seed: int) -> tuple[list, list]:
+    """Rows shuffled by seed: the first `n_upload` are uploaded; the rest are scored, per group (file or kind)."""
+    order = np.random.default_rng(seed).permutation(len(texts))
+    upload = [(texts[i], labels[i]) for i in order[:n_upload]]
+    unseen = [(group, [(texts[i], labels[i]) for i in order[n_upload:] if groups[i] == group]) for group in dict.fromkeys(groups)]
+    return upload, unseen
+
+
 def reviews_upload(n_upload: int, seed: int, task: str = "sentiment") -> tuple[list, list, str]:
     """The upload mixes the three kinds; the unseen rows are scored per kind (products, films, restaurants),
     so that each kind's score can be set beside the frozen-MiniLM baseline's on the same kind.
@@ -51,9 +59,7 @@ def reviews_upload(n_upload: int, seed: int, task: str = "sentiment") -> tuple[l
         texts += rows.texts
         labels += rows.labels if task == "sentiment" else [kind] * len(rows.texts)
         kinds += [kind] * len(rows.texts)
-    order = np.random.default_rng(seed).permutation(len(texts))
-    upload = [(texts[i], labels[i]) for i in order[:n_upload]]
-    unseen = [(kind, [(texts[i], labels[i]) for i in order[n_upload:] if kinds[i] == kind]) for kind in dict.fromkeys(kinds)]
+    upload, unseen = pooled_split(texts, labels, kinds, n_upload, seed)
     labelled = "by sentiment" if task == "sentiment" else "by kind"
     return upload, unseen, f"{len(upload)} product, film and restaurant reviews labelled {labelled} (CSV)"
 
@@ -78,9 +84,7 @@ def files_upload(paths: list[str], n_upload: int, seed: int) -> tuple[list, list
         names += [Path(path).stem] * len(rows.texts)
     if n_upload >= len(texts):
         raise SystemExit(f"--n-upload {n_upload} leaves no unseen rows out of {len(texts)}")
-    order = np.random.default_rng(seed).permutation(len(texts))
-    upload = [(texts[i], labels[i]) for i in order[:n_upload]]
-    unseen = [(name, [(texts[i], labels[i]) for i in order[n_upload:] if names[i] == name]) for name in dict.fromkeys(names)]
+    upload, unseen = pooled_split(texts, labels, names, n_upload, seed)
     return upload, unseen, f"{len(upload)} rows of {', '.join(Path(p).name for p in paths)} (CSV)"
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,16 +98,16 @@ def detect_delimiter(lines: list[str], sample: int = 200) -> str:
     most often. The first line alone can mislead: UCI's "A very, very, very slow-moving, aimless movie...<TAB>0"
     has four commas and one tab. Ties go to the tab, then the comma."""
     def agreement(delimiter: str) -> float:
-        counts = [len(row) for row in csv.reader(lines[:sample], delimiter=delimiter, quoting=QUOTING[delimiter]) if row]
-        most = max(set(counts), key=counts.count, default=1)
-        return counts.count(most) / len(counts) if most >= 2 else 0.0
+        counts = Counter(len(row) for row in csv.reader(lines[:sample], delimiter=delimiter, quoting=QUOTING[delimiter]) if row)
+        fields, times = counts.most_common(1)[0] if counts else (1, 0)
+        return times / counts.total() if fields >= 2 else 0.0
 
     return max(QUOTING, key=agreement)  # max keeps the first of equals
 
 
 def parse_labelled_text(content: str, name: str = "the file", sentiment: bool = False,
                         labels_required: bool = True) -> LabelledText:
-    """CSV or TSV (detected from the header line) -> texts and label names; in a two-column file with other names,
+    """CSV or TSV (the delimiter read from the first lines, detect_delimiter) -> texts and label names; in a two-column file with other names,
     or none, the values tell text from label (columns_by_content). Rows with an empty text or label are skipped
     and reported. With `sentiment`, labels 0/1/neg/pos are read as negative/positive. Without `labels_required`,
     a file with no label column gives its texts and labels=None."""
@@ -115,9 +116,8 @@ def parse_labelled_text(content: str, name: str = "the file", sentiment: bool = 
     if not lines or not lines[0].strip():
         raise UserError(f"{name}: the file is empty or its first line (the header) is blank.")
     delimiter = detect_delimiter(lines)
-    quoting = QUOTING[delimiter]
     try:
-        rows = list(csv.reader(io.StringIO(content), delimiter=delimiter, quoting=quoting))
+        rows = list(csv.reader(io.StringIO(content), delimiter=delimiter, quoting=QUOTING[delimiter]))
     except csv.Error as error:
         raise UserError(f"{name}: not a readable CSV/TSV file ({error}).") from error
     header = [column.strip() for column in rows[0]]
