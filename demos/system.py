@@ -49,8 +49,10 @@ def refresh(request: gr.Request):
 
 def build() -> dict:
     device = gr.Markdown("### Device\nLooking...")
+    # Every row in view (no inner scroll hiding the text models), and widths that leave room for the reasons.
     models = gr.Dataframe(headers=["task", "model", "source", "available", "why", "description"], label="Models",
-                          interactive=False, wrap=True)
+                          interactive=False, wrap=True, max_height=2000, show_search="search",
+                          column_widths=["13%", "17%", "8%", "8%", "27%", "27%"])
     loaded = gr.Dataframe(headers=["loaded model", "MB", "owner"], label="Models in memory", interactive=False)
     check = gr.Button("Check availability again")
     check.click(refresh, outputs=[device, models, loaded], api_name="system_status")

@@ -284,10 +284,10 @@ def model_entry_for_folder(folder: Path, name: str, source: str, session: str | 
     description = card.get("description", card["name"])
     if metrics.get("val_accuracy") is not None:
         description += f" Validation accuracy {metrics['val_accuracy']:.1%}."
-    if metrics.get("val_loss") is not None:
+    if metrics.get("val_loss") is not None and card["task"] == "lm":  # classifiers are read by their accuracy
         description += f" Validation loss {metrics['val_loss']:.3f} nats per character."
     if metrics.get("final100_mean") is not None:
-        description += f" Mean return {metrics['final100_mean']:.1f} over 100 episodes."
+        description += f" Mean return {metrics['final100_mean']:.1f} over 100 test episodes (greedy, no training)."
     return ModelEntry(name=name, task=card["task"], source=source, description=description,
                       load=lambda: load_model_folder(folder, card["task"], name),
                       check=shipped_check(folder, "made in this session" if session else "shipped with minilab"),

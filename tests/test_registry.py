@@ -156,3 +156,13 @@ def test_a_session_model_says_it_was_made_in_this_session_not_shipped():
     registry.add(model_entry_for_folder(CHECKPOINTS_DIR / "mnist", "mnist", "shipped"))
     assert registry.availability("my-digits", "alice") == (True, "made in this session")
     assert registry.availability("mnist") == (True, "shipped with minilab")
+
+
+def test_descriptions_give_each_kind_of_model_its_own_figure():
+    """The System tab's description column: accuracy for classifiers, nats per character only for language models,
+    the test return for the agent."""
+    registry = build_default_registry()
+    describe = {entry.name: entry.description for task in ("image-classification", "lm", "rl") for entry in registry.list(task)}
+    assert "Validation accuracy" in describe["mnist"] and "nats per character" not in describe["mnist"]
+    assert "nats per character" in describe["shakespeare"]
+    assert describe["cartpole"].startswith("A DQN agent for CartPole-v1") and "Mean return" in describe["cartpole"]

@@ -93,6 +93,7 @@ def test_agent_round_trip_and_refusals(tmp_path, tiny_image_model):
     loaded, card = load_agent(folder)
     obs = torch.randn(16, 4)
     assert torch.allclose(qnet(obs), loaded(obs)) and card["labels"] == ACTIONS
+    assert card["description"].startswith("A DQN agent for CartPole-v1: a Q-network of 2 hidden layers (32 and 32 units)")
     with pytest.raises(UserError, match="not a reinforcement-learning agent"):
         load_agent(tiny_image_model)
     (folder / "weights.safetensors").write_bytes(b"\x00" * 64)

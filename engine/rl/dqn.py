@@ -394,7 +394,9 @@ def save_agent(qnet: QNetwork, folder: str | Path, config: DQNConfig, metrics: d
                             "layer_norm": any(isinstance(layer, nn.LayerNorm) for layer in qnet.net)},
             "labels": list(ACTIONS), "preprocessing": {"env": ENV_ID, "obs_dim": OBS_DIM},
             "training_data": f"{metrics.get('total_steps', config.total_steps)} steps of {ENV_ID} experience (gymnasium)",
-            "training": asdict(config), "metrics": metrics, "command": command}
+            "training": asdict(config), "metrics": metrics, "command": command,
+            "description": (f"A DQN agent for {ENV_ID}: a Q-network of {len(hidden)} hidden layers ({' and '.join(map(str, hidden))} "
+                            "units) that scores pushing the cart left or right.")}
     return save_model(folder, qnet, card)
 
 
