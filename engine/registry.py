@@ -287,7 +287,8 @@ def model_entry_for_folder(folder: Path, name: str, source: str, session: str | 
     if metrics.get("val_loss") is not None and card["task"] == "lm":  # classifiers are read by their accuracy
         description += f" Validation loss {metrics['val_loss']:.3f} nats per character."
     if metrics.get("final100_mean") is not None:
-        description += f" Mean return {metrics['final100_mean']:.1f} over 100 test episodes (greedy, no training)."
+        episodes = card.get("training", {}).get("final_eval_episodes", 100)
+        description += f" Mean return {metrics['final100_mean']:.1f} over {episodes} test episodes (greedy, no training)."
     return ModelEntry(name=name, task=card["task"], source=source, description=description,
                       load=lambda: load_model_folder(folder, card["task"], name),
                       check=shipped_check(folder, "made in this session" if session else "shipped with minilab"),

@@ -165,4 +165,4 @@ def test_descriptions_give_each_kind_of_model_its_own_figure():
     describe = {entry.name: entry.description for task in ("image-classification", "lm", "rl") for entry in registry.list(task)}
     assert "Validation accuracy" in describe["mnist"] and "nats per character" not in describe["mnist"]
     assert "nats per character" in describe["shakespeare"]
-    assert describe["cartpole"].startswith("A DQN agent for CartPole-v1") and "Mean return" in describe["cartpole"]
+    assert describe["cartpole"].startswith("A DQN agent for CartPole-v1") and "Mean return 500.0 over 100 test episodes" in describe["cartpole"]
