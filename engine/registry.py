@@ -50,6 +50,12 @@ class _Reachability:
 _reach = _Reachability()
 
 
+# What the usual network errors mean, in a user's words (the System tab shows them).
+NETWORK_ERRORS = {"gaierror": "its name could not be looked up: no network or no DNS",
+                  "ConnectionRefusedError": "the connection was refused", "TimeoutError": "no answer in time",
+                  "timeout": "no answer in time", "OSError": "no route to it"}
+
+
 def host_reachable(url: str) -> tuple[bool, str]:
     """Can we open a TCP connection to the URL's host? Answers within REACHABILITY_TIMEOUT, cached a minute.
     DNS lookups can hang offline, so the whole attempt runs in a daemon thread with a deadline."""
@@ -66,7 +72,8 @@ def host_reachable(url: str) -> tuple[bool, str]:
             socket.create_connection((host, 443), timeout=REACHABILITY_TIMEOUT).close()
             result.append((True, f"{host} reachable"))
         except OSError as error:
-            result.append((False, f"{host} unreachable ({error.__class__.__name__})"))
+            kind = error.__class__.__name__
+            result.append((False, f"{host} unreachable ({NETWORK_ERRORS.get(kind, kind)})"))
 
     worker = threading.Thread(target=attempt, daemon=True)
     worker.start()

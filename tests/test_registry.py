@@ -56,6 +56,19 @@ def test_reachability_check_gives_up_within_seconds(monkeypatch):
     assert time.perf_counter() - started < registry_module.REACHABILITY_TIMEOUT + 1.5
 
 
+def test_an_unreachable_host_is_explained_in_words(monkeypatch):
+    """The System tab said "huggingface.co unreachable (gaierror)"."""
+    monkeypatch.delenv("MINILAB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(-3, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "create_connection", no_dns)
+    assert registry_module.host_reachable("https://hub.example") == (
+        False, "hub.example unreachable (its name could not be looked up: no network or no DNS)")
+
+
 def test_lazy_loading_happens_once_and_cache_is_bounded():
     calls = []
 
