@@ -52,8 +52,7 @@ _reach = _Reachability()
 
 # What the usual network errors mean, in a user's words (the System tab shows them).
 NETWORK_ERRORS = {"gaierror": "its name could not be looked up: no network or no DNS",
-                  "ConnectionRefusedError": "the connection was refused", "TimeoutError": "no answer in time",
-                  "timeout": "no answer in time", "OSError": "no route to it"}
+                  "ConnectionRefusedError": "the connection was refused", "TimeoutError": "no answer in time"}
 
 
 def host_reachable(url: str) -> tuple[bool, str]:
