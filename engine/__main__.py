@@ -218,7 +218,7 @@ def cmd_eval(args: argparse.Namespace) -> dict:
 
         return evaluate_class_folders(args.model, args.data, batch_size=args.batch_size)
     if args.task == "cartpole":
-        from engine.rl.dqn import evaluate_agent, load_agent
+        from engine.rl.dqn import evaluate_agent
 
         if args.episodes < 1 or args.episodes > 10_000:
             raise UserError("--episodes must be between 1 and 10,000.")

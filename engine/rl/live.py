@@ -14,7 +14,7 @@ from torch import nn
 
 from engine.device import set_threads
 from engine.jobs import JobContext
-from engine.rl.dqn import DQNConfig, evaluate_agent, greedy_policy, play_episodes, save_agent, train_dqn
+from engine.rl.dqn import DQNConfig, evaluate_agent, play_episodes, save_agent, train_dqn
 from engine.rl.render import Policy, episodes_video, play_episode, random_policy
 
 MAX_WATCH_SEED = 2**31 - 1
