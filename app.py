@@ -12,6 +12,7 @@ import os
 import threading
 import time
 
+from demos import zerogpu  # noqa: I001 - first: on ZeroGPU `spaces` must be imported before anything touches CUDA
 import gradio as gr
 
 from demos import finetune, image, rl, system, text
@@ -33,7 +34,7 @@ def build_app() -> gr.Blocks:
             with gr.Tab("Image classification", id="image") as image_page:
                 image_tab = image.build()
             with gr.Tab("Text", id="text") as text_page:
-                text_tab = text.build()
+                text_tab = text.build(owner)
             with gr.Tab("Fine-tune", id="finetune"):
                 finetune_tab = finetune.build(owner)
             with gr.Tab("Reinforcement learning", id="rl") as rl_page:
@@ -46,6 +47,8 @@ def build_app() -> gr.Blocks:
         text_models = [text_tab["sentiment_model"], text_tab["lm_model"]]
         demo.load(text_tab["refresh"], inputs=text_models, outputs=text_models, api_name=False)
         text_page.select(text_tab["refresh"], inputs=text_models, outputs=text_models, api_name=False)
+        inside = text_tab["inside"]
+        text_page.select(inside["refresh"], inputs=inside["model"], outputs=inside["model"], api_name=False)
         demo.load(text.describe_model, inputs=text_tab["sentiment_model"], outputs=text_tab["sentiment_about"], api_name=False)
         demo.load(text.describe_model, inputs=text_tab["lm_model"], outputs=text_tab["lm_about"], api_name=False)
         # The browser's owner key first, then reattach to a training job that outlived a reload.
@@ -54,6 +57,7 @@ def build_app() -> gr.Blocks:
                       show_progress="hidden")
         reattach.then(finetune_tab["poll"], inputs=owner, outputs=finetune_tab["poll_outputs"], api_name=False,
                       show_progress="hidden")
+        reattach.then(inside["poll"], inputs=owner, outputs=inside["poll_outputs"], api_name=False, show_progress="hidden")
         reattach.then(finetune_tab["restore_settings"], inputs=owner, outputs=[finetune_tab["kind"], finetune_tab["budget"]],
                       api_name=False, show_progress="hidden")
         rl_page.select(rl_tab["refresh"], inputs=[rl_tab["owner"], rl_tab["agent"]], outputs=rl_tab["agent"], api_name=False)
@@ -97,8 +101,22 @@ def warm_up(pause_s: float = 0.5) -> None:
             pass  # that starts a job; never stop the server for either
 
 
+def load_for_zerogpu() -> None:
+    """On ZeroGPU, load the models the tabs open on now, in the main thread: the only thread where `spaces` lets a
+    model be placed on "cuda" (it becomes real inside each GPU call). Models loaded later stay on the CPU."""
+    from engine.registry import default_registry
+
+    for name in WARM_MODELS:
+        try:
+            default_registry().get(name)
+        except Exception as error:  # noqa: BLE001 - the System tab reports a model that cannot load
+            print(f"{name} not preloaded for ZeroGPU: {error}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if zerogpu.ACTIVE:
+        load_for_zerogpu()
     demo = build_app()
     demo.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
     # Gradio's dispatcher looks for work every millisecond, idle or not; each look takes the GIL from the threads

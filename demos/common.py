@@ -11,6 +11,7 @@ import gradio as gr
 from engine.errors import UserError
 
 log = logging.getLogger("minilab")
+LIVE_STATES = ("queued", "running", "paused")  # a job in one of these has not ended
 
 
 def ensure_owner(owner: str | None) -> str:

@@ -14,14 +14,14 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from demos.common import (control_job, ended_empty, ensure_owner, friendly_errors, latest_job, made_model, model_zip,
+from demos import zerogpu
+from demos.common import (LIVE_STATES, control_job, ended_empty, ensure_owner, friendly_errors, latest_job, made_model, model_zip,
                           session_key)
 from engine.errors import UserError
 from engine.finetune import default_config
 from engine.registry import default_registry, model_entry_for_folder
 
 KINDS = {"Images": "image", "Labelled text": "text", "Plain text": "chargpt"}
-LIVE_STATES = ("queued", "running", "paused")
 JOB_PREFIX = "finetune-"
 EXAMPLES_DIR = Path(__file__).parent / "examples"
 REVIEWS_EXAMPLE = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "reviews.tsv"
@@ -120,7 +120,7 @@ def _problem(check, counts: dict, *args) -> str | None:
 
 
 def _config(kind: str, backbone, strategy, text_backbone, text_strategy, init, budget, epochs, lr, batch_size,
-            val_fraction, image_size, flip, seed, start_weight=None):
+            val_fraction, image_size, flip, seed, start_weight=None, architecture=None):
     config = default_config(kind)
     for name, value in (("time_budget", budget), ("seed", seed)):
         if value is not None:
@@ -139,6 +139,7 @@ def _config(kind: str, backbone, strategy, text_backbone, text_strategy, init, b
             config.start_weight = float(start_weight)
     else:
         config.init = init
+        config.architecture = architecture or config.architecture
     return config.validate()
 
 
@@ -154,7 +155,8 @@ def start(owner: str | None, kind_label: str, files, *settings):
     if any(job.state in LIVE_STATES and job.name.startswith(JOB_PREFIX) for job in runner.jobs(owner)):
         raise UserError("Your model is still training: cancel it before starting another.")
     config = _config(kind, *settings)
-    name = {"image": "my-images", "text": "my-text", "chargpt": "my-writer"}[kind] + f"-{uuid.uuid4().hex[:6]}"
+    name = {"image": "my-images", "text": "my-text", "chargpt": f"my-{getattr(config, 'architecture', '')}-writer"}[kind]
+    name += f"-{uuid.uuid4().hex[:6]}"
     runner.submit(owner, finetune_job(kind, paths, config, name), name=JOB_PREFIX + kind,
                   config={"kind": kind, "model_name": name, "time_budget": config.time_budget})
     return owner, gr.Timer(active=True)
@@ -429,6 +431,8 @@ def build(owner: gr.BrowserState) -> dict:
     gr.Markdown("Train a model on **your own data**, live. Images: a zip with one folder per class. Text: a labelled "
                 "CSV, or any .txt to teach a character-level writer. Nothing leaves this server; your data and "
                 "models are visible to you only.")
+    if zerogpu.TRAINING_NOTE:
+        gr.Markdown(f"ℹ️ {zerogpu.TRAINING_NOTE}")
     with gr.Row():
         with gr.Column(scale=5):
             kind = gr.Radio(list(KINDS), value="Images", label="What do you want to train?", elem_id="ft-kind")
@@ -471,8 +475,12 @@ def build(owner: gr.BrowserState) -> dict:
             text_backbone = gr.Dropdown([("automatic (sst2 for sentiment, else cross-validated)", "auto"), ("sentiment-tuned MiniLM (sst2)", "sst2"),
                                          ("plain MiniLM", "minilm")], value="auto", label="Encoder")
     with gr.Group(visible=False) as chargpt_settings:
-        init = gr.Radio([("From scratch", "scratch"), ("Continue from the Shakespeare model", "shakespeare")],
-                        value="scratch", label="Start")
+        with gr.Row():
+            architecture = gr.Radio([("GPT (self-attention)", "gpt"), ("LSTM (gates and cells)", "lstm")], value="gpt",
+                                    label="Model", elem_id="ft-architecture",
+                                    info="Text → Inside races both on your text and shows what each learnt")
+            init = gr.Radio([("From scratch", "scratch"), ("Continue from the Shakespeare model", "shakespeare")],
+                            value="scratch", label="Start")
     budget = gr.Slider(1, 600, value=image_defaults.time_budget, step=1, label="Training time (seconds)")
     with gr.Accordion("Advanced", open=False):
         with gr.Row():
@@ -537,7 +545,7 @@ def build(owner: gr.BrowserState) -> dict:
     files.change(inspect_upload, inputs=[kind, files], outputs=[summary, samples], api_name="finetune_inspect")
     kind.change(inspect_upload, inputs=[kind, files], outputs=[summary, samples], api_name=False)  # a zip read as text says so
     settings = [backbone, strategy, text_backbone, text_strategy, init, budget, epochs, lr, batch_size, val_fraction,
-                image_size, flip, seed, start_weight]
+                image_size, flip, seed, start_weight, architecture]
     train_button.click(start, inputs=[owner, kind, files, *settings], outputs=[owner, timer], api_name="finetune_start")
     pause_button.click(lambda o: control("pause", o), inputs=owner, outputs=timer, api_name="finetune_pause")
     resume_button.click(lambda o: control("resume", o), inputs=owner, outputs=timer, api_name="finetune_resume")

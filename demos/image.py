@@ -8,6 +8,7 @@ from pathlib import Path
 import gradio as gr
 
 from demos.common import friendly_errors, model_list, session_key
+from demos.zerogpu import gpu
 from engine.errors import UserError
 from engine.registry import default_registry, hf_image_entry
 
@@ -66,15 +67,21 @@ def inside_pictures(classifier, tensor) -> tuple:
 def classify(model_name: str, photo, sketch, source: str, inside_open: bool = False, request: gr.Request = None):
     """Top-5, Grad-CAM and timing for one image; the look-inside pictures too when their panel is open
     (they cost as much again, so a closed panel skips them)."""
-    from engine.vision.classify import ShippedClassifier  # torch loads on first use, not at start-up
-    from engine.vision.explain import grad_cam, overlay, square_view
-
     classifier = default_registry().get(model_name, session_key(request))
     image = _image_from(photo, sketch, source)
     if source == "draw" and classifier.input_kind != "digit":
         gr.Warning(f"{classifier.name} was trained on photos; pick 'mnist' for drawn digits.")
     if source == "photo" and classifier.input_kind == "digit":
         gr.Info("mnist expects one dark digit on a light background (or the reverse); other photos give guesses.")
+    return predict_and_explain(classifier, image, inside_open)
+
+
+@gpu(duration=20)
+def predict_and_explain(classifier, image, inside_open: bool) -> tuple:
+    """The GPU part of a click (on ZeroGPU, a GPU is lent for this call only): top-5, Grad-CAM, look-inside."""
+    from engine.vision.classify import ShippedClassifier
+    from engine.vision.explain import grad_cam, overlay, square_view
+
     result = classifier.classify(image)
     heat = grad_cam(classifier, result["input"], result["class_index"])
     digit = isinstance(classifier, ShippedClassifier) and classifier.input_kind == "digit"
@@ -92,6 +99,11 @@ def look_inside(model_name: str, photo, sketch, source: str, request: gr.Request
     except UserError:  # nothing to look at yet: an empty panel, not an error
         return None, None, []
     classifier = default_registry().get(model_name, session_key(request))
+    return look_inside_on_gpu(classifier, image)
+
+
+@gpu(duration=15)
+def look_inside_on_gpu(classifier, image) -> tuple:
     return inside_pictures(classifier, classifier.prepare(image))
 
 
@@ -113,7 +125,7 @@ def classify_batch(model_name: str, files, request: gr.Request):
         raise UserError(f"{len(files)} images chosen; batch mode takes up to {MAX_BATCH} at a time.")
     classifier = default_registry().get(model_name, session_key(request))
     paths = [f if isinstance(f, str) else f.name for f in files]
-    rows = classifier.classify_many(paths, [Path(p).name for p in paths])
+    rows = classify_files_on_gpu(classifier, paths)
     table = [[r["file"], r.get("label", ""), round(r.get("probability", 0.0), 4),
               ", ".join(f"{k} {v:.2f}" for k, v in r.get("top", {}).items()), r["error"]] for r in rows]
     out = Path(tempfile.mkdtemp(prefix="minilab-batch-")) / "predictions.csv"
@@ -122,6 +134,11 @@ def classify_batch(model_name: str, files, request: gr.Request):
         writer.writerow(["file", "label", "probability", "top5", "error"])
         writer.writerows(table)
     return table, str(out)
+
+
+@gpu(duration=lambda classifier, paths: 10 + len(paths) // 20)
+def classify_files_on_gpu(classifier, paths: list[str]) -> list[dict]:
+    return classifier.classify_many(paths, [Path(p).name for p in paths])
 
 
 @friendly_errors

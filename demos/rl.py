@@ -13,13 +13,13 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from demos.common import control_job, ended_empty, ensure_owner, friendly_errors, latest_job, made_model, model_list, model_zip
+from demos import zerogpu
+from demos.common import LIVE_STATES, control_job, ended_empty, ensure_owner, friendly_errors, latest_job, made_model, model_list, model_zip
 from engine.errors import UserError
 from engine.registry import default_registry, model_entry_for_folder
 
 TASK = "rl"
 WATCH_DIR = Path(tempfile.gettempdir()) / "minilab-rl-videos"
-LIVE_STATES = ("queued", "running", "paused")
 
 
 def agent_choices(owner: str | None) -> list[tuple[str, str]]:
@@ -177,6 +177,8 @@ def build(owner: gr.BrowserState | None = None) -> dict:
     default = "cartpole" if any(v == "cartpole" for _, v in choices) else (choices[0][1] if choices else None)
     gr.Markdown("Balance a pole on a cart by pushing left or right. A **DQN** learns which push is worth more "
                 "(its Q-values) from trial and error; 500 steps upright is a perfect episode.")
+    if zerogpu.TRAINING_NOTE:
+        gr.Markdown(f"ℹ️ {zerogpu.TRAINING_NOTE}")
     with gr.Row():
         with gr.Column(scale=4):
             agent = gr.Dropdown(choices=choices, value=default, label="Agent", elem_id="rl-agent")

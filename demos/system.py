@@ -21,6 +21,10 @@ def device_markdown() -> str:
     except Exception:  # noqa: BLE001
         pass
     lines = [f"### Device: `{report['device']}`", f"Chosen by: {report['chosen_by']} (set MINILAB_DEVICE to override)"]
+    from demos.zerogpu import STATUS
+
+    if STATUS:
+        lines.append(f"**{STATUS}**")
     for key, value in report.items():
         if key not in ("device", "chosen_by") and value is not None:
             lines.append(f"- **{key.replace('_', ' ')}:** {round(value, 1) if isinstance(value, float) else value}")

@@ -10,6 +10,7 @@ from pathlib import Path
 import gradio as gr
 
 from demos.common import friendly_errors, model_list, session_key
+from demos.zerogpu import gpu
 from engine.errors import UserError
 from engine.registry import default_registry, hf_text_entry
 
@@ -80,7 +81,7 @@ def classify_text(model_name: str, text: str, request: gr.Request):
         raise UserError("Pick a model first.")
     predictor = _load(model_name, session_key(request))
     started = time.perf_counter()
-    result = predictor.explain(text or "")
+    result = explain_on_gpu(predictor, text or "")
     ms = (time.perf_counter() - started) * 1000
     biggest = max([abs(score) for _, score in result["words"]] + [1e-6])
     words = [(word + " ", round(score / biggest, 3)) for word, score in result["words"]]
@@ -90,6 +91,17 @@ def classify_text(model_name: str, text: str, request: gr.Request):
         note += f" Only the first {len(result['words'])} words are explained ({result['truncated_words']} more are not)."
     note += f" {ms:.0f} ms for the label and {len(result['words']) + 1} forward passes."
     return result["probabilities"], words, note
+
+
+@gpu(duration=15)
+def explain_on_gpu(predictor, text: str) -> dict:
+    """The label and each word's push: one forward pass per word (on ZeroGPU, a GPU is lent for this call)."""
+    return predictor.explain(text)
+
+
+@gpu(duration=lambda predictor, texts: 10 + len(texts) // 100)
+def predict_on_gpu(predictor, texts: list[str]):
+    return predictor.predict_proba(texts)
 
 
 def _read_batch(lines: str, upload) -> tuple[list[str], list[str] | None]:
@@ -111,7 +123,7 @@ def classify_batch(model_name: str, lines: str, upload, request: gr.Request):
     if len(texts) > MAX_BATCH_LINES:
         raise UserError(f"{len(texts):,} texts; batch mode takes up to {MAX_BATCH_LINES:,} at a time.")
     predictor = _load(model_name, session_key(request))
-    probs = predictor.predict_proba(texts)
+    probs = predict_on_gpu(predictor, texts)
     rows = []
     for text, label, row in zip(texts, given or [""] * len(texts), probs):
         best = int(row.argmax())
@@ -177,7 +189,9 @@ def generate_stream(model_name: str, prompt: str, max_new: float, temperature: f
     flag.clear()
     text, pieces, last_push, started = "", [], 0.0, time.perf_counter()
     try:
-        for piece, probability in lm.stream(prompt, settings, should_stop=flag.is_set):
+        for piece, probability in sample_on_gpu(lm, prompt, settings, flag.is_set):
+            if flag.is_set():  # on ZeroGPU the sampling runs in another process, which cannot see the flag
+                break
             text += piece
             if colour:
                 pieces.append((piece, round(1 - 2 * probability, 3)))  # a surprise (low probability) shows red
@@ -190,6 +204,13 @@ def generate_stream(model_name: str, prompt: str, max_new: float, temperature: f
     seconds = time.perf_counter() - started
     how = "stopped" if flag.is_set() else "done"
     yield prompt + text, pieces if colour else None, f"{how}: {len(text)} {lm.kind} in {seconds:.1f} s ({len(text) / max(seconds, 1e-6):.0f}/s)"
+
+
+@gpu(duration=lambda lm, prompt, settings, should_stop: 10 + int(settings.max_new_tokens) // 100)
+def sample_on_gpu(lm, prompt: str, settings, should_stop):
+    """(piece, probability) as each is sampled. On ZeroGPU this generator runs in a worker holding a GPU, its
+    pieces streamed back; the duration asked for assumes at least 100 pieces a second."""
+    yield from lm.stream(prompt, settings, should_stop=should_stop)
 
 
 def stop_generation(request: gr.Request) -> str:
@@ -225,7 +246,11 @@ def refresh_models(sentiment_current: str, lm_current: str, request: gr.Request)
             model_list(lm_options, lm_current, _default(lm_options, "shakespeare")))
 
 
-def build() -> dict:
+def build(owner: gr.BrowserState | None = None) -> dict:
+    """The tab; `owner` is the browser's owner key (the Inside part's training jobs belong to it)."""
+    from demos import sequence
+
+    owner = owner if owner is not None else gr.BrowserState(None, storage_key="minilab-owner")
     sentiment_options, lm_options = choices(SENTIMENT_TASKS, None), choices(("lm",), None)
     with gr.Tabs():
         with gr.Tab("Sentiment", id="sentiment"):
@@ -273,6 +298,12 @@ def build() -> dict:
                     coloured = gr.HighlightedText(label="Probability of each sampled piece (blue: likely, red: a surprise)",
                                                   show_legend=False, combine_adjacent=False)
                     lm_about = gr.Markdown()
+        with gr.Tab("Inside: GPT and LSTM", id="inside"):
+            inside = sequence.build(owner)
+        with gr.Tab("Your labels", id="labels"):
+            from demos import labels as your_labels
+
+            your_labels.build(sentiment_model)
     with gr.Accordion("Add a Hugging Face model (when cached or online)", open=False):
         with gr.Row():
             hub_id = gr.Textbox(label="Model id", placeholder="distilbert-base-uncased-finetuned-sst-2-english", scale=4)
@@ -293,4 +324,4 @@ def build() -> dict:
     stop_button.click(stop_generation, outputs=status, api_name="stop_generation", concurrency_limit=None)
     hub_add.click(add_hub_model_to_list, inputs=[hub_id, hub_task], outputs=[sentiment_model, lm_model], api_name=False)
     return {"sentiment_model": sentiment_model, "lm_model": lm_model, "refresh": refresh_models,
-            "sentiment_about": sentiment_about, "lm_about": lm_about}
+            "sentiment_about": sentiment_about, "lm_about": lm_about, "inside": inside}

@@ -8,11 +8,18 @@
     python -m engine eval cartpole --model cartpole --episodes 100 --json
     python -m engine train sst2 --json
     python -m engine train shakespeare --json
+    python -m engine train shakespeare-lstm --json
     python -m engine eval sentiment --model sst2 --data reviews.tsv --json
     python -m engine eval lm --model shakespeare --data input.txt --json
     python -m engine finetune image --data my_classes.zip --time-budget 45 --out my-model --json
     python -m engine finetune text --data reviews.csv --out my-text-model --json
     python -m engine finetune chargpt --data book.txt --time-budget 100 --out my-writer --json
+    python -m engine finetune text --data eight_a_label.tsv --out my-few-shot --json   # 32 rows a label or fewer: few-shot
+    python -m engine zero-shot --labels "World,Sports,Business,Sci/Tech" --data news.tsv --json
+    python -m engine inspect attention --model shakespeare --text "ROMEO: But soft" --json
+    python -m engine inspect cells --model shakespeare-lstm --file speech.txt --json
+    python -m engine generate --model shakespeare --prompt "ROMEO:" --length 200 --seed 0 --json
+    python -m engine finetune chargpt --architecture lstm --data book.txt --time-budget 100 --out my-lstm --json
 
 With --json the last line printed is one JSON object. User mistakes exit with status 2 and a message.
 """
@@ -60,7 +67,7 @@ def _print_finetune_progress(event: dict) -> None:
 FINETUNE_OPTIONS = {  # CLI option -> config field, for whichever kinds have it
     "time_budget": "time_budget", "backbone": "backbone", "strategy": "strategy", "epochs": "max_epochs", "lr": "lr",
     "batch_size": "batch_size", "seed": "seed", "val_fraction": "val_fraction", "image_size": "image_size",
-    "init": "init", "flip": "flip", "start_weight": "start_weight",
+    "init": "init", "flip": "flip", "start_weight": "start_weight", "architecture": "architecture",
 }
 
 
@@ -72,6 +79,12 @@ def cmd_finetune(args: argparse.Namespace) -> dict:
     from engine.finetune import default_config, run_finetune
 
     _set_threads(args.threads)
+    if args.kind == "text":  # a small file (32 rows a label or fewer) is few-shot: prototypes or SetFit-style tuning
+        from engine.text.fewshot import finetune_fewshot_file, wants_fewshot
+
+        if wants_fewshot(args.data, args.strategy):
+            return finetune_fewshot_file(args.data[0], args.strategy, args.time_budget, args.seed,
+                                         args.out or "minilab-text-model", _print_finetune_progress, _command_line())
     config = default_config(args.kind)
     for option, field_name in FINETUNE_OPTIONS.items():
         value = getattr(args, option, None)
@@ -129,6 +142,8 @@ def cmd_train(args: argparse.Namespace) -> dict:
         return train_sst2(args)
     if args.model == "shakespeare":
         return train_shakespeare(args)
+    if args.model == "shakespeare-lstm":
+        return train_shakespeare_lstm(args)
     raise UserError(f"Unknown model to train: {args.model!r}.")
 
 
@@ -209,6 +224,25 @@ def train_shakespeare(args: argparse.Namespace) -> dict:
     return {"model": str(folder), **metrics}
 
 
+def train_shakespeare_lstm(args: argparse.Namespace) -> dict:
+    from engine.text.charlstm import CharLSTMConfig, CharLSTMTrainConfig
+    from engine.text.shipped import train_shakespeare_lstm as run
+
+    model = CharLSTMConfig()
+    for name in ("n_layer", "dropout", "hidden"):
+        if getattr(args, name, None) is not None:
+            setattr(model, name, getattr(args, name))
+    config = CharLSTMTrainConfig(model=model)
+    for name in ("max_iters", "batch_size", "lr", "weight_decay", "seed", "time_budget", "seq_len"):
+        if getattr(args, name, None) is not None:
+            setattr(config, name, getattr(args, name))
+    if min(model.n_layer, model.hidden, config.max_iters, config.batch_size, config.seq_len) < 1 or config.lr <= 0:
+        raise UserError("layers, cells, iterations, batch size, sequence length and learning rate must be positive.")
+    folder, metrics = run(config, args.data_dir, args.out or "checkpoints/shakespeare-lstm", _print_text_progress,
+                          _command_line(), _device(args))
+    return {"model": str(folder), **metrics}
+
+
 def cmd_eval(args: argparse.Namespace) -> dict:
     if args.task in ("image-classification", "image"):
         from engine.vision.evaluate import evaluate_class_folders
@@ -240,6 +274,21 @@ def cmd_eval(args: argparse.Namespace) -> dict:
     raise UserError(f"Unknown task to evaluate: {args.task!r}.")
 
 
+def cmd_zero_shot(args: argparse.Namespace) -> dict:
+    """Classify with typed label names only; with --json every prediction is in the JSON, else one line each."""
+    from engine.text.zeroshot import ZeroShotConfig, classify_file
+
+    _set_threads(args.threads)
+    config = ZeroShotConfig(template=args.template or "", multi_label=args.multi_label, threshold=args.threshold,
+                            adapt=args.adapt)
+    report = classify_file(args.labels, args.data, config, "\n".join(args.description or []) or None)
+    if not args.json:
+        for row in report.pop("predictions"):
+            label = ", ".join(row["label"]) if isinstance(row["label"], list) else row["label"]
+            print(f"{label}\t{max(row['probabilities'].values()):.4f}\t{row['text'][:100]}")
+    return report
+
+
 def _load_cartpole_agent(model: str):
     """A registered agent name, an agent folder, or a zip of one."""
     import tempfile
@@ -260,12 +309,65 @@ def _load_cartpole_agent(model: str):
     return default_registry().get(model)
 
 
+def _rounded(array) -> list:
+    import numpy as np
+
+    return np.round(np.asarray(array, dtype=np.float64), 4).tolist()
+
+
+def cmd_inspect(args: argparse.Namespace) -> dict:
+    """The Inspect tab's views as JSON: a GPT's attention, or an LSTM's cells with the cells found to track
+    something in the text."""
+    from engine.text.data import read_text_file
+    from engine.text.evaluate import resolve_lm
+    from engine.text.inspect import attention, cells, find_cells, text_properties
+
+    _set_threads(args.threads)
+    if (args.text is None) == (args.file is None):
+        raise UserError("Give the text to inspect with --text TEXT or --file PATH (one of them).")
+    text = args.text if args.text is not None else read_text_file(args.file)
+    lm = resolve_lm(args.model)  # the view says so (exit 2) when the model is of the wrong kind
+    if args.view == "attention":
+        view = attention(lm.model, lm.tokenizer, text)
+        return {"tokens": view.tokens, "attention": _rounded(view.attention), "top5": view.top5, "unknown": view.unknown,
+                "unknown_count": view.unknown_count, "cut": view.cut, "message": view.message}
+    view = cells(lm.model, lm.tokenizer, text, args.layer)
+    found = find_cells(view.cells, text_properties("".join(view.tokens)), top=args.top)
+    return {"tokens": view.tokens, "layer": view.layer, "cells": _rounded(view.cells),
+            "found": [{**item, "correlation": round(item["correlation"], 4)} for item in found],
+            "saturation": {"gates": list(view.gates), "thresholds": [0.1, 0.9], "layers": _rounded(view.saturation),
+                           "per_cell": _rounded(view.saturation_per_cell)},
+            "top5": view.top5, "unknown": view.unknown, "unknown_count": view.unknown_count, "cut": view.cut,
+            "message": view.message}
+
+
+def cmd_generate(args: argparse.Namespace) -> dict:
+    """Sample from a language model, as the Generate tab does; chars_per_s counts the sampling loop only (from
+    the first sampled character on), not loading the model or reading the prompt."""
+    from engine.text.evaluate import resolve_lm
+    from engine.text.generate import SamplingSettings
+
+    _set_threads(args.threads)
+    lm = resolve_lm(args.model)
+    settings = SamplingSettings(max_new_tokens=args.length, temperature=args.temperature, top_k=args.top_k,
+                                top_p=args.top_p, seed=args.seed).validate()
+    pieces, first_at = [], None
+    for piece, _ in lm.stream(args.prompt, settings):
+        pieces.append(piece)
+        if first_at is None:
+            first_at = time.perf_counter()  # the prompt is read and the first character drawn: the loop starts
+    seconds = time.perf_counter() - first_at if first_at is not None else 0.0
+    after_first = sum(len(piece) for piece in pieces[1:])
+    return {"text": "".join(pieces), "chars_per_s": round(after_first / seconds, 1) if seconds > 0 else None,
+            "model": getattr(lm, "name", args.model)}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine", description="minilab engine: train and evaluate models.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a shipped model: cifar10 and mnist from ../shared/data, glyphs drawn by the engine, cartpole in gymnasium")
-    train.add_argument("model", choices=["cifar10", "mnist", "glyphs", "cartpole", "sst2", "shakespeare"])
+    train.add_argument("model", choices=["cifar10", "mnist", "glyphs", "cartpole", "sst2", "shakespeare", "shakespeare-lstm"])
     train.add_argument("--architecture", choices=["resnet9", "resnet"], help="network family (default per model)")
     train.add_argument("--epochs", type=float)
     train.add_argument("--batch-size", type=int)
@@ -284,11 +386,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lora-r", type=int, help="sst2: LoRA rank")
     train.add_argument("--train-norms", action="store_true", default=None, help="sst2: also train the encoder's LayerNorms")
     train.add_argument("--max-iters", type=int, help="shakespeare: optimizer steps")
-    train.add_argument("--n-layer", type=int, help="shakespeare: transformer blocks")
+    train.add_argument("--n-layer", type=int, help="shakespeare: transformer blocks; shakespeare-lstm: LSTM layers")
     train.add_argument("--n-head", type=int, help="shakespeare: attention heads")
     train.add_argument("--n-embd", type=int, help="shakespeare: width")
     train.add_argument("--block-size", type=int, help="shakespeare: context length in characters")
-    train.add_argument("--dropout", type=float, help="shakespeare: dropout")
+    train.add_argument("--dropout", type=float, help="shakespeare, shakespeare-lstm: dropout")
+    train.add_argument("--hidden", type=int, help="shakespeare-lstm: LSTM cells per layer")
+    train.add_argument("--seq-len", type=int, help="shakespeare-lstm: characters per step of truncated backpropagation")
     train.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: all cores; cartpole: 1)")
     train.add_argument("--json", action="store_true", help="print one JSON line last")
     train.set_defaults(func=cmd_train)
@@ -311,8 +415,10 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--out", help="model folder to write (default ./minilab-KIND-model)")
     finetune.add_argument("--time-budget", type=float, help="seconds of training (defaults: image 50, text 25, chargpt 100)")
     finetune.add_argument("--backbone", help="image: auto (default), glyphs, cifar10, mnist or scratch; text: auto, sst2 or minilm")
-    finetune.add_argument("--strategy", help="image: finetune (default) or probe; text: lora (default) or probe")
+    finetune.add_argument("--strategy", help="image: finetune (default) or probe; text: lora (default) or probe, "
+                                             "or for files of 32 rows a label or fewer setfit (default) or prototypes")
     finetune.add_argument("--init", help="chargpt: scratch or shakespeare")
+    finetune.add_argument("--architecture", help="chargpt: gpt (default) or lstm, the character model to train")
     finetune.add_argument("--epochs", type=int, help="image: at most this many epochs")
     finetune.add_argument("--lr", type=float)
     finetune.add_argument("--batch-size", type=int)
@@ -326,6 +432,42 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: all cores)")
     finetune.add_argument("--json", action="store_true", help="print one JSON line last")
     finetune.set_defaults(func=cmd_finetune)
+
+    zero_shot = commands.add_parser("zero-shot", help="classify texts with label names you type (no training data)")
+    zero_shot.add_argument("--labels", required=True, help='comma-separated label names, e.g. "World,Sports,Business,Sci/Tech"')
+    zero_shot.add_argument("--data", required=True, help="a CSV/TSV with a header and a text column; a label column is scored")
+    zero_shot.add_argument("--template", help='the sentence each label goes into (default "This text is about {}.")')
+    zero_shot.add_argument("--description", action="append", help='"LABEL: a few words" (repeat for several labels)')
+    zero_shot.add_argument("--multi-label", action="store_true", help="score each label alone (a text may get several)")
+    zero_shot.add_argument("--threshold", type=float, default=0.5, help="multi-label: the probability that gives a label")
+    zero_shot.add_argument("--adapt", choices=["auto", "on", "off"], default="auto",
+                           help="a batch calibrates and self-trains (auto: when it has 20 texts or more)")
+    zero_shot.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: all cores)")
+    zero_shot.add_argument("--json", action="store_true", help="print one JSON line last")
+    zero_shot.set_defaults(func=cmd_zero_shot)
+
+    inspect = commands.add_parser("inspect", help="look inside a character model: a GPT's attention or an LSTM's cells")
+    inspect.add_argument("view", choices=["attention", "cells"], help="attention: a character GPT; cells: a character LSTM")
+    inspect.add_argument("--model", required=True, help="a registered model name, a model folder or a model zip")
+    inspect.add_argument("--text", help="the text to inspect (its last block_size characters are shown)")
+    inspect.add_argument("--file", help="a plain-text file to inspect, instead of --text")
+    inspect.add_argument("--layer", type=int, default=-1, help="cells: the LSTM layer, from 0 (default -1: the last)")
+    inspect.add_argument("--top", type=int, default=5, help="cells: the cells found per text property")
+    inspect.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: all cores)")
+    inspect.add_argument("--json", action="store_true", help="print one JSON line last")
+    inspect.set_defaults(func=cmd_inspect)
+
+    generate = commands.add_parser("generate", help="sample text from a language model")
+    generate.add_argument("--model", required=True, help="a registered model name, a model folder or a model zip")
+    generate.add_argument("--prompt", default="", help="the text to continue (default: none)")
+    generate.add_argument("--length", type=int, default=300, help="characters (or tokens, for a hub model) to sample")
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--temperature", type=float, default=0.8)
+    generate.add_argument("--top-k", type=int, default=0, help="sample among the k most likely only (0: off)")
+    generate.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (1: off)")
+    generate.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: all cores)")
+    generate.add_argument("--json", action="store_true", help="print one JSON line last")
+    generate.set_defaults(func=cmd_generate)
     return parser
 
 

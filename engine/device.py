@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import platform
+import threading
 from functools import lru_cache
 from pathlib import Path
 
@@ -11,8 +12,18 @@ import torch
 from engine.errors import UserError
 
 
-@lru_cache(maxsize=None)
 def pick_device() -> torch.device:
+    """The device models are loaded on. On ZeroGPU (a Hugging Face Space whose GPU is lent per call), `spaces`
+    lets only the main thread place a model on "cuda" (a stand-in until a GPU call); a model loaded later, from a
+    request's thread, stays on the CPU and runs there inside the GPU call."""
+    if on_zerogpu() and threading.current_thread() is not threading.main_thread():
+        return torch.device("cpu")
+    return chosen_device()
+
+
+@lru_cache(maxsize=None)
+def chosen_device() -> torch.device:
+    """CUDA, then Apple MPS, then the CPU, unless MINILAB_DEVICE names one; worked out once."""
     wanted = os.environ.get("MINILAB_DEVICE", "").strip().lower()
     if wanted:
         return resolve_device(wanted)
@@ -21,6 +32,18 @@ def pick_device() -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def on_zerogpu() -> bool:
+    """Whether this is a Hugging Face Space on ZeroGPU hardware (the Space sets SPACES_ZERO_GPU=true)."""
+    return os.environ.get("SPACES_ZERO_GPU", "").strip().lower() in ("1", "t", "true")
+
+
+def training_device() -> torch.device:
+    """Where training jobs run: the chosen device, except on ZeroGPU, where the GPU is lent only for one call
+    from a page event, in a forked process, and a job outlives the call and reports progress as it goes
+    (demos/zerogpu.py says more): there jobs train on the CPU."""
+    return torch.device("cpu") if on_zerogpu() else chosen_device()
 
 
 REQUEST_THREADS = max(1, int(os.environ.get("MINILAB_REQUEST_THREADS", 1)))
@@ -112,6 +135,8 @@ def device_report() -> dict:
     report = {
         "device": str(device),
         "chosen_by": "MINILAB_DEVICE" if os.environ.get("MINILAB_DEVICE") else "auto (CUDA, then MPS, then CPU)",
+        "training_device": str(training_device()),
+        "zerogpu": on_zerogpu(),
         "torch": torch.__version__,
         "cpu_threads_per_request": REQUEST_THREADS,  # what the web app gives each request (use_request_threads)
         "cpu_count": os.cpu_count(),
@@ -160,7 +185,10 @@ def bfloat16_is_fast(device: torch.device | str) -> bool:
     """Whether bfloat16 autocast speeds training up on this device (any CUDA GPU that supports it, or a CPU as above)."""
     device = torch.device(device)
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        # Compute capability 8.0 on (A100, L4, H100...) multiplies bfloat16 natively. torch.cuda.is_bf16_supported()
+        # also says yes where it is only emulated (a T4 or V100, slower than float32), and asks about the current
+        # GPU rather than this one; so ask the card itself.
+        return bool(torch.version.hip) or torch.cuda.get_device_capability(device)[0] >= 8
     return device.type == "cpu" and cpu_has_fast_bfloat16()
 
 

@@ -40,9 +40,9 @@ def run_finetune(kind: str, paths: list[str | Path], config, workdir: str | Path
                  on_progress: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] = lambda: False,
                  command: str = "") -> dict:
     """Train one kind of model from an upload; returns {"folder", "metrics", "history", ...}."""
-    from engine.device import pick_device
+    from engine.device import training_device
 
-    device = pick_device()
+    device = training_device()
     if kind == "image":
         from engine.vision.finetune import finetune_images
 

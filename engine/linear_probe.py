@@ -15,7 +15,7 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float) ->
     nn.Linear on the raw features (so the saved head needs no extra scaling step)."""
     mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
     z = (x - mean) / std
-    head = nn.Linear(x.shape[1], n_classes)
+    head = nn.Linear(x.shape[1], n_classes, device=x.device)  # beside the features, wherever they are (CPU or GPU)
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
     optimizer = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=100, history_size=20, line_search_fn="strong_wolfe")
@@ -27,7 +27,7 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float) ->
         return loss
 
     optimizer.step(closure)
-    folded = nn.Linear(x.shape[1], n_classes)
+    folded = nn.Linear(x.shape[1], n_classes, device=x.device)
     with torch.no_grad():
         folded.weight.copy_(head.weight / std)
         folded.bias.copy_(head.bias - (head.weight * mean / std).sum(1))

@@ -7,9 +7,9 @@ from engine.errors import UserError
 
 @pytest.fixture(autouse=True)
 def fresh_choice():
-    device_module.pick_device.cache_clear()
+    device_module.chosen_device.cache_clear()
     yield
-    device_module.pick_device.cache_clear()
+    device_module.chosen_device.cache_clear()
 
 
 def test_environment_variable_overrides_choice(monkeypatch):
@@ -23,10 +23,10 @@ def test_automatic_choice_prefers_cuda_then_mps_then_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     assert device_module.pick_device().type == "cpu"
-    device_module.pick_device.cache_clear()
+    device_module.chosen_device.cache_clear()
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
     assert device_module.pick_device().type == "mps"
-    device_module.pick_device.cache_clear()
+    device_module.chosen_device.cache_clear()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert device_module.pick_device().type == "cuda"
 

@@ -177,11 +177,12 @@ class ReplayBuffer:
 
 
 def greedy_policy(qnet: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
-    """obs batch (n, 4) -> the action with the highest Q-value for each."""
+    """obs batch (n, 4) -> the action with the highest Q-value for each, on whichever device the network is."""
+    device = next(qnet.parameters()).device
 
     def act(obs: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return qnet(torch.as_tensor(obs, dtype=torch.float32)).argmax(1).numpy()
+            return qnet(torch.as_tensor(obs, dtype=torch.float32, device=device)).argmax(1).cpu().numpy()
 
     return act
 
@@ -248,8 +249,10 @@ def solve_summary(evals: list[tuple[int, float, float]], threshold: float) -> di
 
 
 def train_dqn(config: DQNConfig, on_progress: ProgressFn | None = None,
-              should_stop: Callable[[], bool] | None = None) -> tuple[nn.Module, dict]:
-    """Train a Q-network on CartPole-v1; return it (CPU, eval mode) and its metrics.
+              should_stop: Callable[[], bool] | None = None, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
+    """Train a Q-network on CartPole-v1; return it (CPU, eval mode) and its metrics. The RL tab trains on the CPU
+    (engine/rl/live.py: a small MLP, on one thread); `device` runs the network on a GPU instead, while the
+    environments and the replay buffer stay on the CPU and each sampled batch is copied over.
 
     Events: {"kind": "episode", "step", "episode", "return", "return_avg100", "epsilon", "loss", "elapsed"}
     for each finished training episode and {"kind": "eval", "step", "mean_return", "std_return", "returns",
@@ -263,8 +266,9 @@ def train_dqn(config: DQNConfig, on_progress: ProgressFn | None = None,
     # in infos["final_obs"], which is what the replay buffer needs as next_obs.
     envs = gym.make_vec(ENV_ID, num_envs=n, vectorization_mode="sync",
                         vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP})
-    qnet = QNetwork(OBS_DIM, len(ACTIONS), config.hidden, config.layer_norm)
-    target = QNetwork(OBS_DIM, len(ACTIONS), config.hidden, config.layer_norm)
+    device = torch.device(device)
+    qnet = QNetwork(OBS_DIM, len(ACTIONS), config.hidden, config.layer_norm).to(device)
+    target = QNetwork(OBS_DIM, len(ACTIONS), config.hidden, config.layer_norm).to(device)
     target.load_state_dict(qnet.state_dict())
     optimizer = torch.optim.Adam(qnet.parameters(), lr=config.lr, fused=True)  # fused: one kernel, 3x faster on CPU
     optimizer.zero_grad()  # the first call imports torch._dynamo (seconds): do it before the clock starts
@@ -284,7 +288,7 @@ def train_dqn(config: DQNConfig, on_progress: ProgressFn | None = None,
         # 1. act: epsilon-greedy, one batched forward pass for all environments
         epsilon = linear_schedule(config.eps_start, config.eps_end, config.eps_duration, step)
         with torch.no_grad():
-            greedy = qnet(torch.from_numpy(obs)).argmax(1).numpy()
+            greedy = qnet(torch.from_numpy(obs).to(device)).argmax(1).cpu().numpy()
         actions = np.where(rng.random(n) < epsilon, rng.integers(0, len(ACTIONS), n), greedy)
         next_obs, rewards, terminated, truncated, infos = envs.step(actions)
 
@@ -324,7 +328,8 @@ def train_dqn(config: DQNConfig, on_progress: ProgressFn | None = None,
             update_credit += n * config.updates_per_step
             while update_credit >= 1:
                 update_credit -= 1
-                loss = dqn_update(qnet, target, optimizer, buffer.sample(config.batch_size), config)
+                batch = tuple(t.to(device) for t in buffer.sample(config.batch_size))
+                loss = dqn_update(qnet, target, optimizer, batch, config)
                 updates += 1
                 if updates % config.target_every == 0:
                     soft_update(target, qnet, config.tau)
@@ -351,7 +356,7 @@ def train_dqn(config: DQNConfig, on_progress: ProgressFn | None = None,
 
     total_seconds = clock.seconds()
     envs.close()
-    qnet.eval()
+    qnet = qnet.cpu().eval()
     metrics = {**solve_summary(evals, config.solve_return), "total_steps": step, "total_seconds": total_seconds,
                "updates": updates, "episodes": len(history), "stopped_early": stopped_early,
                "train_return_avg100": float(np.mean(history[-100:])) if history else None,

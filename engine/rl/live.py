@@ -29,11 +29,12 @@ def prune_videos(folder: Path, keep: int = KEEP_VIDEOS) -> None:
 
 
 def agent_policy(qnet: nn.Module) -> Policy:
-    """obs -> (greedy action, its Q-values) for one environment, for the video overlay."""
+    """obs -> (greedy action, its Q-values) for one environment, for the video overlay (the network on any device)."""
+    device = next(qnet.parameters()).device
 
     def act(observation: np.ndarray) -> tuple[int, np.ndarray]:
         with torch.no_grad():
-            q = qnet(torch.as_tensor(observation, dtype=torch.float32).unsqueeze(0))[0].numpy()
+            q = qnet(torch.as_tensor(observation, dtype=torch.float32, device=device).unsqueeze(0))[0].cpu().numpy()
         return int(q.argmax()), q
 
     return act

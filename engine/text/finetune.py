@@ -340,8 +340,10 @@ def _update_card_metrics(folder: Path, metrics: dict) -> None:
 
 @dataclass
 class CharFinetuneConfig:
-    init: str = "scratch"  # "scratch" or "shakespeare" (continue from the shipped model)
+    architecture: str = "gpt"  # "gpt" (engine.text.chargpt) or "lstm" (engine.text.charlstm)
+    init: str = "scratch"  # "scratch" or "shakespeare" (continue from the shipped model of that architecture)
     time_budget: float = 100.0  # seconds of training
+    hidden: int = 256  # lstm: cells per layer (2 layers of 256: about the GPT's 0.6M parameters)
     n_layer: int = 3
     n_head: int = 4
     n_embd: int = 128
@@ -353,6 +355,8 @@ class CharFinetuneConfig:
     seed: int = 1337
 
     def validate(self) -> "CharFinetuneConfig":
+        if self.architecture not in ("gpt", "lstm"):
+            raise UserError(f"Train a gpt or an lstm, not {self.architecture!r}.")
         if self.init not in ("scratch", "shakespeare"):
             raise UserError(f"Start from scratch or shakespeare, not {self.init!r}.")
         if not 0 < self.time_budget <= 3600:
@@ -365,18 +369,24 @@ class CharFinetuneConfig:
 
 
 def grow_vocabulary(model, tokenizer, text: str):
-    """Continue from a model on a text with characters it has never seen: new rows in the (tied) embedding."""
-    from engine.text.chargpt import CharGPT, CharTokenizer
+    """Continue from a model on a text with characters it has never seen: new rows in the embedding and the output
+    layer (the GPT ties the two; the LSTM's head also has a bias), freshly initialised, the old rows kept."""
+    from engine.text.chargpt import CharTokenizer
 
     new = "".join(tokenizer.unknown(text))
     if not new:
         return model, tokenizer
-    config = type(model.config)(**{**asdict(model.config), "vocab_size": model.config.vocab_size + len(new)})
-    grown = CharGPT(config)
-    state = model.state_dict()
-    rows = grown.embed.weight.detach().clone()
-    rows[: model.config.vocab_size] = state["embed.weight"]
-    state = {**state, "embed.weight": rows, "head.weight": rows}
+    old = model.config.vocab_size
+    config = type(model.config)(**{**asdict(model.config), "vocab_size": old + len(new)})
+    grown = type(model)(config)
+    state, fresh = model.state_dict(), grown.state_dict()
+    for key in ("embed.weight", "head.weight", "head.bias"):
+        if key in state and key in fresh:
+            rows = fresh[key].clone()
+            rows[:old] = state[key]
+            state[key] = rows
+    if "head.weight" in fresh and fresh["head.weight"].data_ptr() == fresh["embed.weight"].data_ptr():
+        state["head.weight"] = state["embed.weight"]  # tied
     grown.load_state_dict(state)
     return grown, CharTokenizer(tokenizer.chars + new)
 
@@ -384,7 +394,7 @@ def grow_vocabulary(model, tokenizer, text: str):
 def finetune_chargpt(paths: list[str | Path], config: CharFinetuneConfig, out: str | Path,
                      on_progress: ProgressFn | None = None, should_stop: Callable[[], bool] = lambda: False,
                      device: torch.device | str = "cpu", command: str = "") -> dict:
-    from engine.text.chargpt import CharGPTConfig, CharTrainConfig, generate, load_chargpt, save_chargpt, train_chargpt
+    from engine.text import chargpt, charlstm
     from engine.text.data import read_text_file
     from engine.uploads import check_upload_size
 
@@ -400,31 +410,44 @@ def finetune_chargpt(paths: list[str | Path], config: CharFinetuneConfig, out: s
         raise UserError(f"{paths[0].name} holds {len(text.strip()):,} characters; a generator needs at least 1,000 "
                         "(100,000 or more gives words and lines).")
     init = None
-    train = CharTrainConfig(model=CharGPTConfig(block_size=config.block_size, n_layer=config.n_layer, n_head=config.n_head,
-                                                n_embd=config.n_embd, dropout=config.dropout),
-                            max_iters=1_000_000, time_budget=config.time_budget, batch_size=config.batch_size,
-                            lr=config.lr, min_lr=config.lr / 10, warmup_iters=50, eval_every=50, eval_batches=4, seed=config.seed)
+    lstm = config.architecture == "lstm"
+    if lstm:  # the same layers count, context and batch as the GPT; the LSTM learns well at a lower rate
+        module = charlstm
+        train = charlstm.CharLSTMTrainConfig(
+            model=charlstm.CharLSTMConfig(hidden=config.hidden, n_layer=min(config.n_layer, 3), dropout=config.dropout),
+            max_iters=1_000_000, time_budget=config.time_budget, batch_size=config.batch_size, seq_len=config.block_size,
+            lr=config.lr * 2 / 3, min_lr=config.lr / 30, warmup_iters=50, eval_every=50, eval_batches=4, seed=config.seed)
+    else:
+        module = chargpt
+        train = chargpt.CharTrainConfig(
+            model=chargpt.CharGPTConfig(block_size=config.block_size, n_layer=config.n_layer, n_head=config.n_head,
+                                        n_embd=config.n_embd, dropout=config.dropout),
+            max_iters=1_000_000, time_budget=config.time_budget, batch_size=config.batch_size,
+            lr=config.lr, min_lr=config.lr / 10, warmup_iters=50, eval_every=50, eval_batches=4, seed=config.seed)
     if config.init == "shakespeare":
         from engine.registry import CHECKPOINTS_DIR
 
-        model, tokenizer, _ = load_chargpt(CHECKPOINTS_DIR / "shakespeare")
+        shipped = CHECKPOINTS_DIR / ("shakespeare-lstm" if lstm else "shakespeare")
+        model, tokenizer, _ = (module.load_charlstm if lstm else module.load_chargpt)(shipped)
         init = grow_vocabulary(model, tokenizer, text)
-        train.lr, train.min_lr = config.lr / 10, config.lr / 100
+        train.lr, train.min_lr = train.lr / 10, train.lr / 100
     report({"kind": "stage", "stage": "training", "n_chars": len(text)})
 
     def relay(event: dict) -> None:
         if event.get("kind") == "eval":
             report({**event, "kind": "epoch", "epoch": event["iter"]})
 
-    model, tokenizer, fit = train_chargpt(text, train, relay, should_stop, device, init=init)
-    folder = save_chargpt(model.cpu(), tokenizer, out, Path(out).name, fit, asdict(config),
-                          f"an upload: {paths[0].name} ({len(text):,} characters; last 10% for validation)", command)
+    trainer, saver = (charlstm.train_charlstm, charlstm.save_charlstm) if lstm else (chargpt.train_chargpt, chargpt.save_chargpt)
+    model, tokenizer, fit = trainer(text, train, relay, should_stop, device, init=init)
+    folder = saver(model.cpu(), tokenizer, out, Path(out).name, fit, asdict(config),
+                   f"an upload: {paths[0].name} ({len(text):,} characters; last 10% for validation)", command)
     with torch.no_grad():
-        sample = "".join(ch for ch, _ in generate(model, tokenizer, "\n", config.sample_chars, temperature=0.8,
-                                                  seed=config.seed))
+        sample = "".join(ch for ch, _ in module.generate(model, tokenizer, "\n", config.sample_chars, temperature=0.8,
+                                                         seed=config.seed))
     metrics = {"val_loss": fit["val_loss"], "n_train": fit["n_train_chars"], "n_val": fit["n_val_chars"],
                "classes": [], "seconds": round(time.perf_counter() - started, 1), "iters": fit["iters"],
-               "vocabulary": len(tokenizer.chars)}
+               "vocabulary": len(tokenizer.chars), "architecture": config.architecture,
+               "parameters": sum(p.numel() for p in model.parameters())}
     history = [{"kind": "epoch", "epoch": h["iter"], "train_loss": h["train_loss"], "val_loss": h["val_loss"],
                 "elapsed": h["elapsed"]} for h in fit["history"]]
     return {"folder": str(folder), "metrics": metrics, "sample": sample, "history": history, "skipped": []}

@@ -1,4 +1,4 @@
-"""Text generation behind one interface: minilab's character GPT and any Hugging Face causal LM.
+"""Text generation behind one interface: minilab's character GPT, its character LSTM and any Hugging Face causal LM.
 
 `stream(prompt, ...)` yields (piece of text, its probability) as each piece is sampled, so the UI can show
 the text growing and colour each piece by how sure the model was. Generation stops when `should_stop()`
@@ -18,6 +18,9 @@ import torch.nn.functional as F
 from engine.errors import UserError
 from engine.safe_import import import_names
 from engine.text.chargpt import CharGPT, CharTokenizer, evaluate_text, filter_logits, generate, load_chargpt, trace_step
+from engine.text.charlstm import CharLSTM, load_charlstm
+from engine.text.charlstm import evaluate_text as evaluate_lstm_text
+from engine.text.charlstm import generate as generate_lstm
 
 MAX_NEW_TOKENS = 5_000
 MAX_PROMPT_CHARS = 10_000
@@ -74,13 +77,41 @@ class CharLM:
         return {**result, "unknown_chars": sum(1 for c in text if c not in self.tokenizer.index)}
 
 
+class CharLSTMLM:
+    """A shipped or session-trained character LSTM: the same interface as CharLM."""
+
+    kind = "characters"
+
+    def __init__(self, model: CharLSTM, tokenizer: CharTokenizer, card: dict | None = None, name: str = ""):
+        self.model, self.tokenizer, self.card, self.name = model.eval(), tokenizer, card or {}, name
+
+    def unknown_characters(self, prompt: str) -> list[str]:
+        return self.tokenizer.unknown(prompt)
+
+    def stream(self, prompt: str, settings: SamplingSettings,
+               should_stop: Callable[[], bool] = lambda: False) -> Iterator[tuple[str, float]]:
+        settings.validate()
+        yield from generate_lstm(self.model, self.tokenizer, prompt[-MAX_PROMPT_CHARS:], int(settings.max_new_tokens),
+                                 float(settings.temperature), int(settings.top_k), float(settings.top_p), int(settings.seed),
+                                 should_stop=should_stop)
+
+    def evaluate(self, text: str) -> dict:
+        ids = torch.tensor(self.tokenizer.encode(text), dtype=torch.long)
+        result = evaluate_lstm_text(self.model, ids)
+        return {**result, "unknown_chars": sum(1 for c in text if c not in self.tokenizer.index)}
+
+
 def load_char_lm(folder: str | Path, device: torch.device | str = "cpu", name: str = "",
-                 quantize: bool | None = None, trace: bool = True) -> CharLM:
-    """A saved char GPT ready to sample: on the CPU its Linear layers run in int8 unless quantize=False
-    (twice the characters per second; the validation loss moves by about 0.001 nats), and each sampled
-    character runs as one TorchScript graph unless trace=False."""
+                 quantize: bool | None = None, trace: bool = True) -> CharLM | CharLSTMLM:
+    """A saved character model ready to sample. A GPT: on the CPU its Linear layers run in int8 unless
+    quantize=False (twice the characters per second; the validation loss moves by about 0.001 nats), and each
+    sampled character runs as one TorchScript graph unless trace=False. An LSTM runs as it was trained."""
+    from engine.checkpoints import read_card
     from engine.device import quantize_for_cpu
 
+    if read_card(folder)["architecture"] == "charlstm":
+        model, tokenizer, card = load_charlstm(folder, device)
+        return CharLSTMLM(model, tokenizer, card, name or card["name"])
     model, tokenizer, card = load_chargpt(folder, device)
     on_cpu = torch.device(device).type == "cpu"
     if quantize if quantize is not None else on_cpu:

@@ -1,4 +1,4 @@
-"""The recipes behind the two shipped text models, `sst2` and `shakespeare`, run by `python -m engine train`.
+"""The recipes behind the shipped text models, `sst2`, `shakespeare` and `shakespeare-lstm`, run by `python -m engine train`.
 
 Both read ../shared/data (or --data-dir) and write a model folder whose card holds the command and metrics.
 """
@@ -42,5 +42,20 @@ def train_shakespeare(config, data_dir: str | Path | None = None, out: str | Pat
     training = asdict(config)
     folder = save_chargpt(model, tokenizer, out, "shakespeare", metrics, training,
                           "Tiny Shakespeare input.txt: first 90% for training, last 10% for validation", command)
+    metrics.pop("history", None)
+    return folder, metrics
+
+
+def train_shakespeare_lstm(config, data_dir: str | Path | None = None, out: str | Path = "checkpoints/shakespeare-lstm",
+                           on_progress: Callable[[dict], None] | None = None, command: str | None = None,
+                           device: torch.device | str = "cpu") -> tuple[Path, dict]:
+    """A character-level LSTM on the same first 90% of Tiny Shakespeare as the GPT, validated on the same last 10%."""
+    from engine.text.charlstm import save_charlstm, train_charlstm
+    from engine.text.data import read_text_file
+
+    text = read_text_file(find_data_file("tinyshakespeare/input.txt", data_dir))
+    model, tokenizer, metrics = train_charlstm(text, config, on_progress=on_progress, device=device)
+    folder = save_charlstm(model, tokenizer, out, "shakespeare-lstm", metrics, asdict(config),
+                           "Tiny Shakespeare input.txt: first 90% for training, last 10% for validation", command)
     metrics.pop("history", None)
     return folder, metrics
