@@ -5,6 +5,7 @@ each model's validation loss against time and its parameter count.
     python benchmarks/lstm_vs_gpt.py --seconds 600 --threads 2 --json
     python benchmarks/lstm_vs_gpt.py --seconds 120 --sizes small,shipped --json     # loss against parameters
     python benchmarks/lstm_vs_gpt.py --seconds 600 --write-cards                     # keep the curves in the cards
+    python benchmarks/lstm_vs_gpt.py --seconds 600 --plot docs/race.png               # and draw them
 
 The text is the first 90% of Tiny Shakespeare for training and the last 10% for validation (../shared/data), or
 any --data file. The final figure of each run reads the whole validation text (chargpt.evaluate_text and
@@ -60,6 +61,32 @@ def write_cards(results: dict, settings: dict) -> None:
         card_path.write_text(json.dumps(card, indent=2) + "\n")
 
 
+def plot(results: dict, settings: dict, path: str) -> None:
+    """Validation loss against time for every model raced, and final loss against parameter count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (by_time, by_size) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for size, pair in results.items():
+        for kind, run in pair.items():
+            seconds, losses = zip(*run["curve"])
+            label = f"{kind.upper()} {size} ({run['parameters'] / 1e6:.1f}M)"
+            line = by_time.plot(seconds, losses, label=label, linestyle="-" if size == "shipped" else "--")[0]
+            by_size.scatter([run["parameters"]], [run["final_val_loss"]], color=line.get_color(), label=label)
+    by_time.set_xlabel(f"seconds of training ({settings['threads']} CPU threads)")
+    by_time.set_ylabel("validation loss (nats/char)")
+    by_time.set_ylim(top=min(3.0, by_time.get_ylim()[1]))
+    by_time.legend(fontsize=8)
+    by_size.set_xscale("log")
+    by_size.set_xlabel("parameters")
+    by_size.set_ylabel("final validation loss (nats/char)")
+    by_size.set_title(f"after {settings['seconds']:.0f} s each", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"))
@@ -68,6 +95,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="shipped", help=f"comma-separated, of {', '.join(SIZES)}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--write-cards", action="store_true", help="store the shipped-size curves in the shipped cards")
+    parser.add_argument("--plot", help="also draw the curves into this PNG file")
     parser.add_argument("--json", action="store_true", help="(the output is always one JSON line)")
     args = parser.parse_args()
     if not Path(args.data).is_file():
@@ -85,6 +113,8 @@ def main() -> None:
                 "command": "python benchmarks/lstm_vs_gpt.py " + " ".join(sys.argv[1:])}
     if args.write_cards and "shipped" in results:
         write_cards(results, settings)
+    if args.plot:
+        plot(results, settings, args.plot)
     print(json.dumps({**settings, "results": results, "total_seconds": round(time.perf_counter() - started, 1)}))
 
 

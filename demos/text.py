@@ -278,7 +278,8 @@ def build(owner: gr.BrowserState | None = None) -> dict:
         with gr.Tab("Generate", id="generate"):
             with gr.Row():
                 with gr.Column(scale=4):
-                    lm_model = gr.Dropdown(choices=lm_options, value=_default(lm_options, "shakespeare"), label="Model")
+                    lm_model = gr.Dropdown(choices=lm_options, value=_default(lm_options, "shakespeare"), label="Model",
+                                           elem_id="lm-model")
                     prompt = gr.Textbox(label="Prompt", lines=3, value="ROMEO:\n", elem_id="prompt-input")
                     gr.Examples(examples=[[p] for p in PROMPT_EXAMPLES], inputs=[prompt], label="Example prompts")
                     with gr.Row():

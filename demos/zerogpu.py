@@ -18,12 +18,10 @@ fails (it needs SPACES_ZERO_DEVICE_API_URL): minilab then says why once and serv
 """
 from __future__ import annotations
 
-import logging
 import os
 from typing import Callable, TypeVar
 
 F = TypeVar("F", bound=Callable)
-log = logging.getLogger("minilab")
 
 MAX_DURATION_S = 120  # what one call asks for at most; ZeroGPU refuses a duration above its cap
 
@@ -36,10 +34,10 @@ def _start() -> tuple[object | None, str]:
         import spaces  # must come before torch touches CUDA
     except Exception as error:  # noqa: BLE001 - any failure means: no ZeroGPU here
         os.environ["MINILAB_DEVICE"] = "cpu"
+        del os.environ["SPACES_ZERO_GPU"]  # from here on a CPU Space: for minilab, Gradio and `spaces` alike
         why = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
         message = f"SPACES_ZERO_GPU is set, but ZeroGPU could not start ({why}): minilab runs on the CPU."
-        log.warning(message)
-        print(message, flush=True)
+        print(message, flush=True)  # in the Space's log
         return None, message
     return spaces, "ZeroGPU: predictions and generation borrow a GPU for each click; training runs on the CPU."
 

@@ -1,6 +1,7 @@
 """Take the README's screenshots in a real headless Chromium: start the app, classify an example photo,
 open "Look inside", and save docs/screenshot.png; then explain a sentence's sentiment and save
-docs/screenshot_text.png.
+docs/screenshot_text.png; then look inside the GPT and the LSTM (docs/screenshot_inside_gpt.png and
+docs/screenshot_inside_lstm.png).
 
     python docs/take_screenshot.py            # needs Debian's chromium and the playwright package
 """
@@ -38,6 +39,20 @@ def main() -> None:
                                    timeout=60_000)
             page.wait_for_timeout(500)
             page.screenshot(path=str(ROOT / "docs" / "screenshot_text.png"), full_page=False)
+            page.get_by_role("tab", name="Inside: GPT and LSTM").click()
+            page.locator("#inside-button").click()
+            page.locator("#inside-focus img").wait_for(timeout=60_000)
+            page.wait_for_timeout(800)
+            page.screenshot(path=str(ROOT / "docs" / "screenshot_inside_gpt.png"), full_page=False)
+            page.locator("#inside-model input").click()
+            page.locator("[role=option]", has_text="shakespeare-lstm").first.click()
+            page.locator("#inside-button").click()
+            page.wait_for_function("() => (document.querySelector('#inside-note') || {}).innerText?.includes('LSTM')",
+                                   timeout=60_000)
+            page.locator("#inside-found").wait_for(state="visible", timeout=60_000)
+            page.wait_for_timeout(800)
+            page.locator("#inside-found").scroll_into_view_if_needed()
+            page.screenshot(path=str(ROOT / "docs" / "screenshot_inside_lstm.png"), full_page=False)
             browser.close()
     finally:
         server.close()

@@ -128,28 +128,55 @@ def build_charlstm(arch_config: dict) -> CharLSTM:
 # Sampling: one character at a time, the state carried; no context limit and a constant cost per character.
 
 
+def step_layers(model: CharLSTM) -> nn.ModuleList:
+    """Each layer's two matrices and two biases as one Linear over [x, h]: one product per layer and step.
+    Why not nn.LSTM for one step: on the CPU it goes through oneDNN, which sets up its kernel on every call
+    (about 5 ms a step, against 0.5 ms here); and one Linear can be made int8 (load_char_lm), a quarter of the
+    bytes to read per character, which is what a step of a 3M-parameter network waits for."""
+    layers = nn.ModuleList()
+    H = model.config.hidden
+    order = torch.cat([torch.arange(0, 2 * H), torch.arange(3 * H, 4 * H), torch.arange(2 * H, 3 * H)])  # i f o g
+    for layer in range(model.config.n_layer):
+        w_ih, w_hh, bias = model.layer_weights(layer)
+        fused = nn.Linear(w_ih.shape[1] + w_hh.shape[1], w_ih.shape[0]).to(w_ih.device)
+        with torch.no_grad():  # rows reordered so that the three sigmoid gates come first: one sigmoid, one tanh
+            fused.weight.copy_(torch.cat([w_ih, w_hh], dim=1)[order])
+            fused.bias.copy_(bias[order])
+        layers.append(fused)
+    return layers.eval()
+
+
 @torch.inference_mode()
 def generate(model: CharLSTM, tokenizer: CharTokenizer, prompt: str, max_new_chars: int = 500,
              temperature: float = 0.8, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-             should_stop: Callable[[], bool] = lambda: False) -> Iterator[tuple[str, float]]:
+             should_stop: Callable[[], bool] = lambda: False, layers: nn.ModuleList | None = None) -> Iterator[tuple[str, float]]:
     """Yield (character, its probability under the unfiltered model) one at a time, checking `should_stop()`
-    before each. The whole prompt is read (the LSTM has no window), then each character is one step."""
+    before each. The whole prompt is read by nn.LSTM (the LSTM has no window), then each character is one step
+    of the gate equations through `layers` (step_layers, made here when not given)."""
+    from engine.text.chargpt import direct_linear
+
     model.eval()
     device = next(model.parameters()).device
     ids = tokenizer.encode(prompt[-MAX_PROMPT_CHARS:]) or [tokenizer.fallback]
     generator = torch.Generator().manual_seed(int(seed))
-    out, state = model.lstm(model.embed(torch.tensor([ids], device=device)))
+    out, (h, c) = model.lstm(model.embed(torch.tensor([ids], device=device)))
     last = model.head(out[0, -1])
-    token = torch.empty(1, 1, dtype=torch.long, device=device)
+    products = [direct_linear(layer) for layer in (layers if layers is not None else step_layers(model))]
+    h, c = list(h.unbind(0)), list(c.unbind(0))  # per layer: (1, hidden)
+    head, H = direct_linear(model.head), model.config.hidden
     for _ in range(int(max_new_chars)):
         if should_stop():
             return
         probs = filter_logits(last, temperature, top_k, top_p).cpu()
         next_id = int(torch.multinomial(probs, 1, generator=generator))
         yield tokenizer.chars[next_id], float(F.softmax(last.float(), dim=-1)[next_id])
-        token[0, 0] = next_id
-        out, state = model.lstm(model.embed(token), state)
-        last = model.head(out[0, 0])
+        x = model.embed.weight[next_id].unsqueeze(0)
+        for layer, product in enumerate(products):
+            gates = product(torch.cat([x, h[layer]], dim=1))  # (1, 4H): input, forget, output, candidate
+            i, f, o = gates[:, :3 * H].sigmoid().chunk(3, dim=1)
+            c[layer] = torch.addcmul(f * c[layer], i, gates[:, 3 * H:].tanh())  # c' = f c + i g
+            x = h[layer] = o * c[layer].tanh()
+        last = head(x)[0]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -306,9 +333,8 @@ def train_charlstm(text: str, config: CharLSTMTrainConfig, on_progress: Progress
         if last:
             break
         pair = next(batches)
-        if pair is None:
-            state = None
-            continue
+        if pair is None:  # a new pass over the text: new streams, so a fresh state
+            state, pair = None, next(batches)
         x, y = (t.to(device) for t in pair)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(it, fraction)

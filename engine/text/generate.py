@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from engine.errors import UserError
 from engine.safe_import import import_names
 from engine.text.chargpt import CharGPT, CharTokenizer, evaluate_text, filter_logits, generate, load_chargpt, trace_step
-from engine.text.charlstm import CharLSTM, load_charlstm
+from engine.text.charlstm import CharLSTM, load_charlstm, step_layers
 from engine.text.charlstm import evaluate_text as evaluate_lstm_text
 from engine.text.charlstm import generate as generate_lstm
 
@@ -82,8 +82,10 @@ class CharLSTMLM:
 
     kind = "characters"
 
-    def __init__(self, model: CharLSTM, tokenizer: CharTokenizer, card: dict | None = None, name: str = ""):
+    def __init__(self, model: CharLSTM, tokenizer: CharTokenizer, card: dict | None = None, name: str = "",
+                 step_layers: torch.nn.ModuleList | None = None):
         self.model, self.tokenizer, self.card, self.name = model.eval(), tokenizer, card or {}, name
+        self.step_layers = step_layers  # each layer's gates as one Linear (charlstm.step_layers), maybe int8
 
     def unknown_characters(self, prompt: str) -> list[str]:
         return self.tokenizer.unknown(prompt)
@@ -93,7 +95,7 @@ class CharLSTMLM:
         settings.validate()
         yield from generate_lstm(self.model, self.tokenizer, prompt[-MAX_PROMPT_CHARS:], int(settings.max_new_tokens),
                                  float(settings.temperature), int(settings.top_k), float(settings.top_p), int(settings.seed),
-                                 should_stop=should_stop)
+                                 should_stop=should_stop, layers=self.step_layers)
 
     def evaluate(self, text: str) -> dict:
         ids = torch.tensor(self.tokenizer.encode(text), dtype=torch.long)
@@ -109,9 +111,12 @@ def load_char_lm(folder: str | Path, device: torch.device | str = "cpu", name: s
     from engine.checkpoints import read_card
     from engine.device import quantize_for_cpu
 
-    if read_card(folder)["architecture"] == "charlstm":
+    if read_card(folder)["architecture"] == "charlstm":  # sampling steps through fused layers, int8 on the CPU
         model, tokenizer, card = load_charlstm(folder, device)
-        return CharLSTMLM(model, tokenizer, card, name or card["name"])
+        layers = step_layers(model)
+        if quantize if quantize is not None else torch.device(device).type == "cpu":
+            layers = quantize_for_cpu(layers)
+        return CharLSTMLM(model, tokenizer, card, name or card["name"], layers)
     model, tokenizer, card = load_chargpt(folder, device)
     on_cpu = torch.device(device).type == "cpu"
     if quantize if quantize is not None else on_cpu:

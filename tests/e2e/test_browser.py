@@ -274,3 +274,97 @@ def test_a_reload_shows_the_layout_of_the_job_it_reattaches_to(page, tmp_path):
     assert not page.locator("#ft-accuracy").is_visible()  # a char model has no accuracy curve
     # and the training time is the job's own, not the Plain text default
     expect(page.get_by_label("Training time (seconds)", exact=False).first).to_have_value("3")
+
+
+def _open_your_labels(page) -> None:
+    page.get_by_role("tab", name="Text").click()
+    page.get_by_role("tab", name="Your labels").click()
+    page.locator("#zs-labels textarea").wait_for(state="visible")
+
+
+def _toast(page, text: str) -> None:
+    """Wait for an error toast that contains `text`."""
+    page.wait_for_function("(t) => [...document.querySelectorAll(\"[data-testid='toast-body']\")].some(e => e.innerText.includes(t))",
+                           arg=text, timeout=RESULT_TIMEOUT_MS)
+
+
+def test_your_labels_zero_shot_gives_sorted_bars_and_explains_bad_labels(page):
+    _open_your_labels(page)
+    page.locator("#zs-labels textarea").fill("World, Sports, Business, Sci/Tech")
+    page.locator("#zs-text textarea").fill("The striker scored twice as United won the cup final.")
+    page.locator("#zs-button").click()
+    label = page.locator("#zs-label [data-testid='label-output-value']")
+    label.wait_for(timeout=RESULT_TIMEOUT_MS)
+    assert label.inner_text().strip() == "Sports"
+    bars = [t.strip() for t in page.locator("#zs-label dt.text").all_inner_texts()]
+    assert bars[0] == "Sports" and sorted(bars) == sorted(["World", "Sports", "Business", "Sci/Tech"])  # sorted bars
+    page.wait_for_function("() => (document.querySelector('#zs-note') || {}).innerText?.includes('science and technology')",
+                           timeout=RESULT_TIMEOUT_MS)  # the page says what it does
+    page.screenshot(path="/tmp/e2e_zero_shot.png", full_page=True)
+    page.locator("#zs-labels textarea").fill("Sports")
+    page.locator("#zs-button").click()
+    _toast(page, "at least 2 labels")
+    page.locator("#zs-labels textarea").fill("Sports, World")
+    page.get_by_text("Descriptions, template and options").click()  # the accordion opens
+    page.locator("#zs-template textarea").fill("no place for the label")
+    page.locator("#zs-button").click()
+    _toast(page, "must contain {}")
+
+
+def test_your_labels_few_shot_builds_a_classifier_that_joins_the_sentiment_list(page):
+    _open_your_labels(page)
+    page.get_by_role("tab", name="Few-shot").click()
+    examples = (ROOT / "benchmarks" / "data" / "news_fewshot_8.tsv").read_text(encoding="utf-8").split("\n", 1)[1]
+    page.locator("#fs-examples textarea").fill(examples.replace("World\t", "Travel\t", 1))  # one example's label not typed
+    page.locator("#fs-build").click()
+    _toast(page, "not among your labels")
+    page.locator("#fs-examples textarea").fill(examples)
+    page.locator("#fs-build").click()
+    page.wait_for_function("() => (document.querySelector('#fs-results') || {}).innerText?.includes('Leave-one-out accuracy')",
+                           timeout=RESULT_TIMEOUT_MS)
+    page.locator("#fs-try textarea").fill("Shares slid after the carmaker cut its profit forecast.")
+    page.locator("#fs-try-button").click()
+    page.wait_for_function("() => (document.querySelector('#fs-nearest') || {}).innerText?.includes('Nearest training example (Business')",
+                           timeout=RESULT_TIMEOUT_MS)
+    assert page.locator("#fs-label [data-testid='label-output-value']").inner_text().strip() == "Business"
+    page.screenshot(path="/tmp/e2e_few_shot.png", full_page=True)
+    page.get_by_role("tab", name="Sentiment").click()
+    page.locator("#sentiment-input").wait_for(state="visible")
+    page.locator("input[role=combobox][aria-label=Model]:visible").first.click()
+    page.wait_for_function("() => [...document.querySelectorAll('[role=option]')].some(o => o.innerText.includes('my-labels-'))",
+                           timeout=RESULT_TIMEOUT_MS)
+
+
+def choose(page, dropdown: str, option: str) -> None:
+    """Pick the option whose text starts with `option` in a Gradio dropdown."""
+    page.locator(f"{dropdown} input").click()
+    page.locator("[role=option]", has_text=option).first.click()
+
+
+def test_inside_the_gpt_and_the_lstm_and_lstm_generation(page):
+    page.get_by_role("tab", name="Text").click()
+    page.get_by_role("tab", name="Inside: GPT and LSTM").click()
+    page.locator("#inside-button").click()  # the GPT first: its attention grid and where each head looks
+    page.wait_for_function("() => (document.querySelector('#inside-note') || {}).innerText?.includes('GPT')",
+                           timeout=RESULT_TIMEOUT_MS)
+    page.locator("#inside-grid img").wait_for(timeout=RESULT_TIMEOUT_MS)
+    page.locator("#inside-focus img").wait_for(timeout=RESULT_TIMEOUT_MS)
+    page.screenshot(path="/tmp/e2e_inside_gpt.png", full_page=True)
+
+    choose(page, "#inside-model", "shakespeare-lstm")
+    page.locator("#inside-button").click()  # the LSTM: a cell over the text, the cell search, the gates
+    page.wait_for_function("() => (document.querySelector('#inside-note') || {}).innerText?.includes('LSTM')",
+                           timeout=RESULT_TIMEOUT_MS)
+    page.locator("#inside-found").wait_for(state="visible", timeout=RESULT_TIMEOUT_MS)
+    assert "inside" in page.locator("#inside-found").inner_text() or "case" in page.locator("#inside-found").inner_text()
+    assert not page.locator("#inside-grid").is_visible()  # an LSTM has no attention to show
+    page.screenshot(path="/tmp/e2e_inside_lstm.png", full_page=True)
+
+    page.get_by_role("tab", name="Generate").click()
+    choose(page, "#lm-model", "shakespeare-lstm")
+    page.locator("#prompt-input textarea").fill("JULIET:\n")
+    page.locator("#generate-button").click()
+    page.wait_for_function("() => (document.querySelector('#generate-status') || {}).innerText?.startsWith('done')",
+                           timeout=RESULT_TIMEOUT_MS)
+    text = page.locator("#generated-text textarea").input_value()
+    assert text.startswith("JULIET:\n") and len(text) == len("JULIET:\n") + 400
