@@ -99,7 +99,10 @@ class TextClassifier(nn.Module):
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(input_ids, attention_mask))
+        features = self.features(input_ids, attention_mask)
+        if self.arch_config.get("normalize"):  # few-shot heads compare directions: cosine to prototypes
+            features = F.normalize(features, dim=-1)
+        return self.head(features)
 
     # Only what training changed is saved: the adapters and the head.
     def saved_state(self) -> dict[str, torch.Tensor]:
