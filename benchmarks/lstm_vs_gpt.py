@@ -74,13 +74,13 @@ def plot(results: dict, settings: dict, path: str) -> None:
             seconds, losses = zip(*run["curve"])
             label = f"{kind.upper()} {size} ({run['parameters'] / 1e6:.1f}M)"
             line = by_time.plot(seconds, losses, label=label, linestyle="-" if size == "shipped" else "--")[0]
-            by_size.scatter([run["parameters"]], [run["final_val_loss"]], color=line.get_color(), label=label)
+            by_size.scatter([run["parameters"] / 1e6], [run["final_val_loss"]], color=line.get_color(), label=label)
     by_time.set_xlabel(f"seconds of training ({settings['threads']} CPU threads)")
     by_time.set_ylabel("validation loss (nats/char)")
     by_time.set_ylim(top=min(3.0, by_time.get_ylim()[1]))
     by_time.legend(fontsize=8)
-    by_size.set_xscale("log")
-    by_size.set_xlabel("parameters")
+    by_size.set_xlabel("parameters (millions)")
+    by_size.margins(x=0.3, y=0.3)
     by_size.set_ylabel("final validation loss (nats/char)")
     by_size.set_title(f"after {settings['seconds']:.0f} s each", fontsize=9)
     figure.tight_layout()

@@ -283,8 +283,9 @@ def _open_your_labels(page) -> None:
 
 
 def _toast(page, text: str) -> None:
-    """Wait for an error toast that contains `text`."""
-    page.wait_for_function("(t) => [...document.querySelectorAll(\"[data-testid='toast-body']\")].some(e => e.innerText.includes(t))",
+    """Wait for an error toast that contains `text` (Gradio groups toasts: a later message may sit folded in a group,
+    so its text is read whether shown or not)."""
+    page.wait_for_function("(t) => [...document.querySelectorAll(\"[data-testid='toast-body']\")].some(e => e.textContent.includes(t))",
                            arg=text, timeout=RESULT_TIMEOUT_MS)
 
 
