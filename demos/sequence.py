@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from demos.common import LIVE_STATES, ended_empty, ensure_owner, friendly_errors, made_model, model_list, session_key
-from demos.zerogpu import gpu
+from demos.zerogpu import TRAINING_NOTE, gpu
 from engine.errors import UserError
 from engine.registry import default_registry, model_entry_for_folder
 
@@ -398,6 +398,8 @@ def build(owner: gr.BrowserState) -> dict:
                 elem_id="race-shipped")
     gr.Markdown(race_text)
     with gr.Accordion("Race your own pair on your own .txt", open=False):
+        if TRAINING_NOTE:
+            gr.Markdown(f"ℹ️ {TRAINING_NOTE}")
         with gr.Row():
             files = gr.File(label="A plain-text file (.txt)", file_count="multiple", file_types=[".txt"], height=140)
             with gr.Column():

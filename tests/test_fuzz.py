@@ -34,7 +34,7 @@ def random_zip(path: Path, members: list[tuple[str, bytes]]) -> Path:
         for name, data in members:
             try:
                 archive.writestr(name, data)
-            except (ValueError, UnicodeEncodeError):
+            except (ValueError, UnicodeEncodeError, IndexError):  # IndexError: a name zipfile cuts to "" at a NUL
                 continue
     return path
 
