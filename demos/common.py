@@ -133,3 +133,31 @@ def friendly_errors(function):
             raise _page_error(error, function.__name__) from None
 
     return wrapper
+
+
+def confusion_figure(confusion: list[list[int]], classes: list[str], title: str | None = None):
+    """A confusion matrix: rows the true label, columns the predicted one, counts written in when there is room."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = len(classes)
+    side = min(9.0, 2.5 + 0.45 * k)
+    figure, axes = plt.subplots(figsize=(side, side * 0.85))
+    axes.imshow(confusion, cmap="Blues")
+    axes.set_xticks(range(k), classes, rotation=45, ha="right")
+    axes.set_yticks(range(k), classes)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    if k <= 25:
+        peak = max(1, max(max(row) for row in confusion))
+        for i, row in enumerate(confusion):
+            for j, value in enumerate(row):
+                if value:
+                    axes.text(j, i, str(value), ha="center", va="center", color="white" if value > peak / 2 else "black", fontsize=8)
+    if title:
+        axes.set_title(title)
+    figure.tight_layout()
+    plt.close(figure)
+    return figure

@@ -15,7 +15,7 @@ import gradio as gr
 import pandas as pd
 
 from demos import zerogpu
-from demos.common import (LIVE_STATES, control_job, ended_empty, ensure_owner, friendly_errors, latest_job, made_model, model_zip,
+from demos.common import (LIVE_STATES, confusion_figure, control_job, ended_empty, ensure_owner, friendly_errors, latest_job, made_model, model_zip,
                           session_key)
 from engine.errors import UserError
 from engine.finetune import default_config
@@ -209,32 +209,6 @@ def _curves(events: list[dict]) -> tuple[pd.DataFrame | None, pd.DataFrame | Non
     return (pd.DataFrame(loss_rows) if loss_rows else None), (pd.DataFrame(acc_rows) if acc_rows else None)
 
 
-def _confusion_figure(confusion: list[list[int]], classes: list[str]):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    k = len(classes)
-    side = min(9.0, 2.5 + 0.45 * k)
-    figure, axes = plt.subplots(figsize=(side, side * 0.85))
-    axes.imshow(confusion, cmap="Blues")
-    axes.set_xticks(range(k), classes, rotation=45, ha="right")
-    axes.set_yticks(range(k), classes)
-    axes.set_xlabel("predicted")
-    axes.set_ylabel("true")
-    if k <= 25:
-        peak = max(1, max(max(row) for row in confusion))
-        for i, row in enumerate(confusion):
-            for j, value in enumerate(row):
-                if value:
-                    axes.text(j, i, str(value), ha="center", va="center", color="white" if value > peak / 2 else "black", fontsize=8)
-    axes.set_title("Confusion matrix (validation)")
-    figure.tight_layout()
-    plt.close(figure)
-    return figure
-
-
 def _register(job, owner: str, request: gr.Request | None) -> str:
     """Put the new model in the registry for this browser's owner key and this page's session, so that the
     Image and Text tabs list it; no other session sees it."""
@@ -285,7 +259,7 @@ def _results(job) -> tuple[str, object, pd.DataFrame | None, list, pd.DataFrame 
             f"Try it below; it is also in {where} for this session.")
     if not result["misclassified"]:
         text += " Every held-out example is classified right, so there are no mistakes to show."
-    figure = _confusion_figure(result["confusion"], result["classes"])
+    figure = confusion_figure(result["confusion"], result["classes"], "Confusion matrix (validation)")
     gallery, table = [], None
     if kind == "image":
         from engine.vision.finetune import thumbnail

@@ -13,7 +13,7 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 
-from demos.common import ended_empty, friendly_errors, latest_job, made_model, model_zip, session_key
+from demos.common import confusion_figure, ended_empty, friendly_errors, latest_job, made_model, model_zip, session_key
 from engine.errors import UserError
 
 NEWS_LABELS = "World, Sports, Business, Sci/Tech"
@@ -158,32 +158,6 @@ def _register(folder: str, name: str, session: str | None) -> None:
     registry = default_registry()
     registry.forget_missing(session)
     registry.add(model_entry_for_folder(Path(folder), name, "session", session=session))
-
-
-def confusion_figure(confusion: list[list[int]], classes: list[str]):
-    """Rows: the true label, columns: the predicted one (the plot's own label names it)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    k = len(classes)
-    side = min(8.0, 2.5 + 0.45 * k)
-    figure, axes = plt.subplots(figsize=(side, side * 0.85))
-    axes.imshow(confusion, cmap="Blues")
-    axes.set_xticks(range(k), classes, rotation=45, ha="right")
-    axes.set_yticks(range(k), classes)
-    axes.set_xlabel("predicted")
-    axes.set_ylabel("true")
-    if k <= 25:
-        peak = max(1, max(max(row) for row in confusion))
-        for i, row in enumerate(confusion):
-            for j, value in enumerate(row):
-                if value:
-                    axes.text(j, i, str(value), ha="center", va="center", color="white" if value > peak / 2 else "black")
-    figure.tight_layout()
-    plt.close(figure)
-    return figure
 
 
 def _results(result: dict, name: str) -> tuple[str, object, str, dict]:

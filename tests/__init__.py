@@ -1,0 +1,1 @@
+"""minilab tests: unit tests here, browser tests in tests/e2e."""
