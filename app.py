@@ -61,8 +61,7 @@ def build_app() -> gr.Blocks:
         reattach.then(finetune_tab["restore_settings"], inputs=owner, outputs=[finetune_tab["kind"], finetune_tab["budget"]],
                       api_name=False, show_progress="hidden")
         rl_page.select(rl_tab["refresh"], inputs=[rl_tab["owner"], rl_tab["agent"]], outputs=rl_tab["agent"], api_name=False)
-        system_page.select(system_tab["refresh"], outputs=[system_tab["device"], system_tab["models"], system_tab["loaded"]],
-                           api_name=False)
+        system_page.select(system_tab["refresh"], outputs=system_tab["outputs"], api_name=False)
     return demo
 
 
@@ -99,6 +98,12 @@ def warm_up(pause_s: float = 0.5) -> None:
             default_registry().get(name)
         except Exception:  # a missing model shows up in the System tab, a bad MINILAB_* setting on the page
             pass  # that starts a job; never stop the server for either
+    try:  # last: a spare worker process with torch imported, so the first training job starts at once
+        prewarm = getattr(default_runner().backend, "prewarm", None)
+        if prewarm is not None:
+            prewarm(default_runner().nice)
+    except Exception as error:  # noqa: BLE001 - the first job then starts its own worker, a few seconds slower
+        print(f"no spare worker process: {error}", flush=True)
 
 
 def load_for_zerogpu() -> None:
@@ -125,7 +130,12 @@ def main(argv: list[str] | None = None) -> None:
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=args.max_file_size, show_error=True,
                 theme=gr.themes.Soft(), footer_links=["api", "gradio"], prevent_thread_lock=True)
     threading.Thread(target=warm_up, daemon=True).start()
-    demo.block_thread()
+    try:
+        demo.block_thread()
+    finally:  # Ctrl-C or a stop signal: jobs get the stop flag, then their worker processes end with the server
+        from engine.jobs import default_runner
+
+        default_runner().shutdown(timeout=5)
 
 
 if __name__ == "__main__":

@@ -158,7 +158,7 @@ def start(owner: str | None, kind_label: str, files, *settings):
     name = {"image": "my-images", "text": "my-text", "chargpt": f"my-{getattr(config, 'architecture', '')}-writer"}[kind]
     name += f"-{uuid.uuid4().hex[:6]}"
     runner.submit(owner, finetune_job(kind, paths, config, name), name=JOB_PREFIX + kind,
-                  config={"kind": kind, "model_name": name, "time_budget": config.time_budget})
+                  config={"kind": kind, "model_name": name, "time_budget": config.time_budget}, inputs=paths)
     return owner, gr.Timer(active=True)
 
 

@@ -199,7 +199,7 @@ def setfit_config():
 def fewshot_setfit(labels: str, examples: str, upload, request: gr.Request):
     """Start the SetFit-style fine-tune as a background job (engine.jobs); the timer polls it."""
     from engine.jobs import default_runner
-    from engine.text.fewshot import check_examples, fit_fewshot
+    from engine.text.fewshot import check_examples, fewshot_job
 
     session = session_key(request)
     if not session:
@@ -213,13 +213,7 @@ def fewshot_setfit(labels: str, examples: str, upload, request: gr.Request):
     config = setfit_config()
     name = f"my-labels-setfit-{uuid.uuid4().hex[:6]}"
 
-    def run(ctx) -> dict:
-        result = fit_fewshot(texts, example_labels, config, typed, lambda event: ctx.report(**event), ctx.should_stop,
-                             out=ctx.workdir / name, command="minilab Text tab, Your labels: Fine-tune")
-        result.pop("classifier")  # holds the float32 encoder: the saved folder is what stays
-        return {**result, "name": name}
-
-    runner.submit(session, run, name=JOB_PREFIX, config={"time_budget": config.time_budget, "model_name": name},
+    runner.submit(session, fewshot_job(texts, list(example_labels), config, typed, name), name=JOB_PREFIX, config={"time_budget": config.time_budget, "model_name": name},
                   time_limit_s=config.time_budget + 60)
     return "⏳ Fine-tuning started…", gr.Timer(active=True)
 

@@ -290,7 +290,8 @@ def start_pair(owner: str | None, files, which: str, budget: float):
         name = f"my-{architecture}-{pair}"
         runner.submit(owner, finetune_job("chargpt", paths, config, name, command="minilab Text tab, Inside"),
                       name=JOB_PREFIX + architecture, config={"kind": "chargpt", "model_name": name, "pair": pair,
-                                                              "architecture": architecture, "time_budget": float(budget)})
+                                                              "architecture": architecture, "time_budget": float(budget)},
+                      inputs=paths)
     return owner, gr.Timer(active=True)
 
 

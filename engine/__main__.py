@@ -22,14 +22,23 @@
     python -m engine finetune chargpt --architecture lstm --data book.txt --time-budget 100 --out my-lstm --json
 
 With --json the last line printed is one JSON object. User mistakes exit with status 2 and a message.
+`train` and `finetune` run in this process, or, with MINILAB_RAY_ADDRESS set (ray://HOST:PORT, auto or local),
+as a job on that Ray cluster; the model folder comes back here either way, and the JSON says where it ran
+("backend", "node").
 """
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import json
+import os
 import shlex
+import shutil
+import socket
 import sys
 import time
+from pathlib import Path
 
 from engine.errors import UserError
 
@@ -471,11 +480,81 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def default_out(args: argparse.Namespace) -> str:
+    if args.command == "train":
+        return "checkpoints/" + args.model
+    return f"minilab-{args.kind}-model"
+
+
+def _cli_in_job(argv: list[str], out_name: str, ctx) -> dict:
+    """The same command, run as a job on a cluster node: the model is written in the job's folder, which the Ray
+    backend brings back to the machine that asked."""
+    args = build_parser().parse_args(argv + ["--out", str(ctx.workdir / out_name)])
+    if args.command == "finetune":
+        args.data = [str(ctx.input_path(path)) for path in args.data]
+    return args.func(args)
+
+
+def run_on_cluster(args: argparse.Namespace, argv: list[str]) -> dict:
+    """train/finetune as a Ray job (engine.ray_jobs): the same code, on whichever node has room; Ctrl-C cancels it
+    and keeps the best model so far. Datasets named by --data-dir must be at the same path on the nodes; --data
+    files are sent along."""
+    from engine.device import DEFAULT_THREADS
+    from engine.jobs import JobRunner
+
+    inputs = []
+    if args.command == "finetune":
+        for path in args.data:
+            if not Path(path).is_file():
+                raise UserError(f"{path}: no such file (on a cluster, --data must name files, not folders).")
+        inputs = [str(Path(path).resolve()) for path in args.data]
+    argv = list(argv)
+    for flag in ("--data-dir", "--out"):  # absolute paths mean the same on every node; --out is chosen by the job
+        while flag in argv:
+            at = argv.index(flag)
+            del argv[at:at + 2]
+    if getattr(args, "data_dir", None):
+        argv += ["--data-dir", str(Path(args.data_dir).resolve())]
+    if args.command == "finetune":
+        at = argv.index("--data")
+        argv[at + 1:at + 1 + len(args.data)] = inputs
+    out = Path(args.out or default_out(args))
+    # Pickled by reference, the function must belong to an importable module: under `python -m engine` this file is
+    # `__main__`, which a Ray worker cannot import, so take the copy imported under its own name.
+    in_job = importlib.import_module("engine.__main__")._cli_in_job
+    runner = JobRunner(backend="ray", threads=args.threads or DEFAULT_THREADS, time_limit_s=None)
+    try:
+        job_id = runner.submit("cli", functools.partial(in_job, argv, out.name), name=f"cli-{args.command}",
+                               inputs=inputs)
+        try:
+            status = runner.wait(job_id, "cli")
+        except KeyboardInterrupt:
+            print("cancelling: the job stops at its next step and keeps its best model so far", file=sys.stderr)
+            runner.cancel(job_id, "cli")
+            status = runner.wait(job_id, "cli")
+        result = status.result
+        if status.state == "failed" or not isinstance(result, dict) or not result.get("model"):
+            raise UserError(f"The job on the cluster ended {status.state}: {status.reason or 'it made no model'}.")
+        if out.exists():
+            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(result["model"], out)
+        return {**result, "model": str(out), "backend": "ray", "node": status.node, "state": status.state}
+    finally:
+        runner.shutdown()
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     started = time.perf_counter()
     try:
-        result = args.func(args)
+        if args.command in ("train", "finetune") and os.environ.get("MINILAB_RAY_ADDRESS", "").strip():
+            result = run_on_cluster(args, argv)
+        else:
+            result = args.func(args)
+            if args.command in ("train", "finetune"):
+                result.update(backend="local", node=socket.gethostname())
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         if getattr(args, "json", False):

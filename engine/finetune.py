@@ -10,6 +10,7 @@ should_stop, and the model folder is written inside the job's folder.
 """
 from __future__ import annotations
 
+import functools
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -64,20 +65,21 @@ def run_finetune(kind: str, paths: list[str | Path], config, workdir: str | Path
 
 def finetune_job(kind: str, paths: list[str | Path], config, name: str, command: str = "minilab Fine-tune tab"
                  ) -> Callable[[JobContext], dict]:
-    """A job for engine.jobs.JobRunner.submit."""
+    """A job for engine.jobs.JobRunner.submit: a partial of a module-level function, so it can be pickled and
+    run in a worker process or on a Ray node."""
     config.validate()
+    return functools.partial(_finetune_in_job, kind, [str(path) for path in paths], config, name, command)
 
-    def run(ctx: JobContext) -> dict:
-        upload = ctx.workdir / "upload"
-        upload.mkdir()
-        copies = []
-        for path in map(Path, paths):
-            if not path.is_file():
-                raise UserError(f"{path.name}: the uploaded file is gone; please upload it again.")
-            copies.append(Path(shutil.copy(path, upload / path.name)))
-        result = run_finetune(kind, copies, config, ctx.workdir, ctx.workdir / name, lambda event: ctx.report(**event),
-                              ctx.should_stop, command)
-        shutil.rmtree(upload, ignore_errors=True)  # the model is what stays; the data was the user's
-        return {**result, "kind": kind, "name": name}
 
-    return run
+def _finetune_in_job(kind: str, paths: list[str], config, name: str, command: str, ctx: JobContext) -> dict:
+    upload = ctx.workdir / "upload"
+    upload.mkdir()
+    copies = []
+    for path in map(ctx.input_path, paths):
+        if not path.is_file():
+            raise UserError(f"{path.name}: the uploaded file is gone; please upload it again.")
+        copies.append(Path(shutil.copy(path, upload / path.name)))
+    result = run_finetune(kind, copies, config, ctx.workdir, ctx.workdir / name, lambda event: ctx.report(**event),
+                          ctx.should_stop, command)
+    shutil.rmtree(upload, ignore_errors=True)  # the model is what stays; the data was the user's
+    return {**result, "kind": kind, "name": name}

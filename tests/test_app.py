@@ -95,8 +95,9 @@ def test_batch_mode_returns_a_table_and_csv(client, tmp_path):
 
 
 def test_system_status_lists_models_with_reasons(client):
-    device, models, loaded = client.predict(api_name="/system_status")
+    device, models, loaded, where, workers = client.predict(api_name="/system_status")
     assert "Device" in device
+    assert "Training jobs run in" in where  # the backend the app was started with
     # a request runs on one thread and a job on the cores (the tab said "cpu threads: 1", as if training did too)
     assert "cpu threads per request:** 1" in device and "cpu threads per training job:**" in device
     rows = models["data"]

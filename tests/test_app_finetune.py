@@ -94,6 +94,9 @@ def test_a_job_waits_its_turn_and_one_cancelled_in_the_queue_says_nothing_was_ke
     progress, _, _, results, confusion, per_class, _, _, download, _ = client.predict(second, api_name="/finetune_poll")
     assert "before a model was saved" in progress and "kept" not in progress
     assert results == "" and download is None and not confusion["visible"] and not per_class["visible"]
+    deadline = time.monotonic() + 60  # the first job trains an epoch (its worker process may still be starting)
+    while not client.predict(first, api_name="/finetune_poll")[1] and time.monotonic() < deadline:
+        time.sleep(0.5)
     client.predict(first, api_name="/finetune_cancel")
     progress, *_ = wait_until_done(client, first)
     assert "cancelled (kept the best model so far)" in progress

@@ -3,6 +3,7 @@ agent beside it), compare returns over many seeds, and train a new agent as a ba
 """
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -64,16 +65,16 @@ def compare_returns(qnet: nn.Module, first_seed: int = 0, episodes: int = 20) ->
 
 def training_job(config: DQNConfig, command: str = "minilab RL tab") -> Callable[[JobContext], dict]:
     """A job for engine.jobs: train, report each episode, stop on cancel, and save the agent in the job's
-    folder. A cancelled run still saves what it learned so far."""
-    config = replace(config).validate()
+    folder. A cancelled run still saves what it learned so far. A partial of a module-level function, so that
+    it can be pickled for a worker process or a Ray node."""
+    return functools.partial(_train_in_job, replace(config).validate(), command)
 
-    def run(ctx: JobContext) -> dict:
-        # A small MLP on batches of 64 trains faster on one thread than on an OpenMP team: on 2 cores,
-        # `python -m engine train cartpole` took 56.7 s with --threads 1 and 75.1 s with --threads 2.
-        set_threads(1)
-        qnet, metrics = train_dqn(config, on_progress=lambda event: ctx.report(**event), should_stop=ctx.should_stop)
-        metrics = {k: v for k, v in metrics.items() if k != "evals"}
-        folder = save_agent(qnet, ctx.workdir / "agent", config, metrics, command)
-        return {"folder": str(folder), "metrics": metrics}
 
-    return run
+def _train_in_job(config: DQNConfig, command: str, ctx: JobContext) -> dict:
+    # A small MLP on batches of 64 trains faster on one thread than on an OpenMP team: on 2 cores,
+    # `python -m engine train cartpole` took 56.7 s with --threads 1 and 75.1 s with --threads 2.
+    set_threads(1)
+    qnet, metrics = train_dqn(config, on_progress=lambda event: ctx.report(**event), should_stop=ctx.should_stop)
+    metrics = {k: v for k, v in metrics.items() if k != "evals"}
+    folder = save_agent(qnet, ctx.workdir / "agent", config, metrics, command)
+    return {"folder": str(folder), "metrics": metrics}

@@ -21,6 +21,7 @@ Both save as the usual `minilm-classifier` folder (a head on normalised sentence
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -450,3 +451,17 @@ def finetune_fewshot_file(path: str | Path, strategy: str | None, time_budget: f
     texts, labels, skipped = read_examples(path)
     result = fit_fewshot(texts, labels, config, on_progress=on_progress, out=out, command=command)
     return {"model": result["folder"], **result["metrics"], "skipped_rows": len(skipped)}
+
+
+def fewshot_job(texts: list[str], labels: list[str], config: FewShotConfig, typed: str | list[str] | None, name: str,
+                command: str = "minilab Text tab, Your labels: Fine-tune"):
+    """A job for engine.jobs.JobRunner.submit that fits and saves a few-shot model in the job's folder; a partial
+    of a module-level function, so it can be pickled for a worker process or a Ray node."""
+    return functools.partial(_fit_in_job, list(texts), list(labels), config, typed, name, command)
+
+
+def _fit_in_job(texts: list[str], labels: list[str], config: FewShotConfig, typed, name: str, command: str, ctx) -> dict:
+    result = fit_fewshot(texts, labels, config, typed, lambda event: ctx.report(**event), ctx.should_stop,
+                         out=ctx.workdir / name, command=command)
+    result.pop("classifier")  # holds the float32 encoder: the saved folder is what stays
+    return {**result, "name": name}
