@@ -281,6 +281,9 @@ def worker_main(fd: int, nice: int) -> None:
         message = receive(conn)
     except (EOFError, OSError):
         return  # the server went away (or closed the spare) before handing over a job
+    except Exception as error:  # noqa: BLE001 - a job function this process cannot import, say
+        send(conn, ("error", f"the worker could not load the job: {type(error).__name__}: {error}"))
+        return
     _, fn, job_id, workdir, config, threads = message
     set_threads(threads)
     state = {"wanted": "run"}
