@@ -269,6 +269,11 @@ def worker_main(fd: int, nice: int) -> None:
             os.nice(min(19, nice))  # before torch starts its threads: they inherit it
         except OSError:
             pass
+    if nice >= 19 and hasattr(os, "SCHED_IDLE"):
+        try:  # Linux's lowest class: the CPU time the server leaves, and wake-ups never delayed by a job
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except OSError:
+            pass
     try:
         Path("/proc/self/oom_score_adj").write_text("1000")  # if memory runs out, kill a job, not the server
     except OSError:

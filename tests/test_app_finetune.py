@@ -208,3 +208,29 @@ def test_the_progress_bar_of_a_failed_or_cancelled_job_stays_where_it_stopped():
     assert "█" * 4 + "░" * 16 in finetune._progress_markdown(job)
     job.state, job.elapsed = "succeeded", 51.0
     assert "█" * 20 in finetune._progress_markdown(job) and "░" not in finetune._progress_markdown(job)
+
+
+def test_a_training_worker_killed_mid_job_fails_that_job_only(client, tmp_path):
+    """The kernel (or anyone) kills a job's worker process: that job reads failed with the reason, the app goes on
+    answering everyone else, and the next job trains as before."""
+    import os
+    import re
+    import signal
+
+    from engine.jobs import default_runner
+
+    owner = "e" * 32
+    upload = handle_file(str(shapes_zip(tmp_path / "shapes.zip", 10)))
+    long_run = list(QUICK_IMAGES)
+    long_run[5] = 120
+    client.predict(owner, "Images", [upload], *long_run, api_name="/finetune_start")
+    deadline = time.monotonic() + 60
+    while not client.predict(owner, api_name="/finetune_poll")[1] and time.monotonic() < deadline:
+        time.sleep(0.5)  # training, with a curve
+    node = default_runner().jobs(owner)[-1].node
+    os.kill(int(re.search(r"pid (\d+)", node).group(1)), signal.SIGKILL)
+    progress = wait_until_done(client, owner)[0]
+    assert "failed" in progress and "SIGKILL" in progress
+    assert client.predict(api_name="/system_status")[3]  # another request, answered
+    client.predict(owner, "Images", [upload], *QUICK_IMAGES, api_name="/finetune_start")
+    assert "done" in wait_until_done(client, owner)[0]
