@@ -63,6 +63,12 @@ def test_the_app_starts_as_a_space_and_the_tabs_answer(zerogpu, tmp_path):
         assert text.startswith("ROMEO:\n") and len(text) > len("ROMEO:\n") and "done" in status
         device = client.predict(api_name="/system_status")[0]
         assert "cpu" in device
+        # A training job runs in a worker process there too, on the CPU, and hands back its agent.
+        from tests.test_app import SMALL_RUN, poll_until_done
+
+        owner = "f" * 32
+        client.predict(owner, *{**SMALL_RUN, "total_steps": 1000}.values(), api_name="/rl_train")
+        assert "done" in poll_until_done(client, owner)[0]
         if zerogpu:  # the page and the log say why there is no GPU
             assert "ZeroGPU could not start" in device
             assert "ZeroGPU could not start" in log.read_text()
