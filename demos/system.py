@@ -69,7 +69,7 @@ def jobs_view() -> tuple[str, list[list]]:
         rows = [[f"{node['node']} ({node.get('hostname', '')})", "yes" if node.get("alive") else "no",
                  ", ".join(f"{key} {value:g}" for key, value in sorted(node.get("resources", {}).items())
                            if not key.startswith("node:") and isinstance(value, (int, float))),
-                 running_on(str(node["node"]))] for node in nodes]
+                 running_on(f"Ray node {node['id']}")] for node in nodes]  # by id: nodes may share an address
         head = f"### Training jobs run on a Ray cluster ({info.get('address')}): {len(nodes)} node(s)"
         return head, rows
     if info["backend"] == "process":
