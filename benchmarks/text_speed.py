@@ -7,6 +7,13 @@
   present (they are typical review sentences: 19 words on average), else sentences generated here;
 - generation (`shakespeare`): characters per second streamed by `stream()` (key-value cache, top-k off).
 Targets: one sentence <= 15 ms p50; >= 500 sentences/s batched; >= 1,000 characters/s streamed.
+
+    python benchmarks/text_speed.py --threads 1 --compare-eager
+
+measures the served models against the same models run without their TorchScript graphs (eager PyTorch), taking
+turns (graph, eager, graph, eager, ...: `--rounds` of each, medians reported, as the machine is shared): one
+sentence's p50, one sentence's explanation p50 (the sentence and one variant per word, one forward pass) and
+characters per second streamed.
 """
 from __future__ import annotations
 
@@ -38,6 +45,55 @@ def sentences(count: int) -> tuple[list[str], str]:
     return [" ".join(rng.choice(words) for _ in range(rng.randint(8, 30))) for _ in range(count)], "generated 8-30 word sentences"
 
 
+def p50_ms(call, items) -> float:
+    times = []
+    for item in items:
+        started = time.perf_counter()
+        call(item)
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def chars_per_s(lm, count: int) -> float:
+    from engine.text.generate import SamplingSettings
+
+    started = time.perf_counter()
+    done = sum(1 for _ in lm.stream("ROMEO:\n", SamplingSettings(max_new_tokens=count, seed=1)))
+    return done / (time.perf_counter() - started)
+
+
+def compare_eager(args, predictor, lm, texts: list[str], source: str) -> dict:
+    """The served TorchScript graphs against the same models eagerly, in turns (graph, eager, graph, ...)."""
+    graphs = {"torchscript": (predictor.graph, lm.step_graph), "eager": (None, None)}
+    rounds = {name: {"sentence_p50_ms": [], "explain_p50_ms": [], "chars_per_s": []} for name in graphs}
+
+    def use(name: str) -> None:
+        predictor.graph, lm.step_graph = graphs[name]
+
+    for name in graphs:  # warm-up of both
+        use(name)
+        for text in texts[:20]:
+            predictor.explain(text)
+        chars_per_s(lm, 200)
+    for _ in range(args.rounds):
+        for name in graphs:
+            use(name)
+            rounds[name]["sentence_p50_ms"].append(p50_ms(predictor.predict, texts[: args.runs]))
+            rounds[name]["explain_p50_ms"].append(p50_ms(predictor.explain, texts[: args.explanations]))
+            rounds[name]["chars_per_s"].append(chars_per_s(lm, args.chars))
+    report = {"benchmark": "text_speed", "compare": "torchscript vs eager", "threads": args.threads,
+              "rounds": args.rounds, "sentences": source, "torch": torch.__version__}
+    for name, figures in rounds.items():
+        report[name] = {key: round(statistics.median(values), 2 if key.endswith("ms") else 1) for key, values in figures.items()}
+        report[name]["each_round"] = {key: [round(v, 2 if key.endswith("ms") else 1) for v in values] for key, values in figures.items()}
+    graph, eager = report["torchscript"], report["eager"]
+    report["eager_vs_graph"] = {  # above 1: eager is slower by that factor
+        "sentence_time": round(eager["sentence_p50_ms"] / graph["sentence_p50_ms"], 3),
+        "explain_time": round(eager["explain_p50_ms"] / graph["explain_p50_ms"], 3),
+        "generation_time": round(graph["chars_per_s"] / eager["chars_per_s"], 3)}
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=2)
@@ -46,6 +102,10 @@ def main() -> None:
     parser.add_argument("--chars", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=None, help="sentences per forward pass in batched mode "
                         "(default: the engine's, engine.text.classify.BATCH_SIZE)")
+    parser.add_argument("--compare-eager", action="store_true", help="the TorchScript graphs against eager PyTorch, "
+                        "taking turns; prints both")
+    parser.add_argument("--rounds", type=int, default=3, help="turns of each variant with --compare-eager")
+    parser.add_argument("--explanations", type=int, default=60, help="sentences explained per turn with --compare-eager")
     args = parser.parse_args()
     os.environ.setdefault("MINILAB_DEVICE", "cpu")
     torch.set_num_threads(args.threads)
@@ -55,6 +115,9 @@ def main() -> None:
     report: dict = {"benchmark": "text_speed", "threads": args.threads}
     predictor = load_text_classifier(ROOT / "checkpoints" / "sst2")
     texts, source = sentences(args.batch_sentences)
+    if args.compare_eager:
+        print(json.dumps(compare_eager(args, predictor, load_char_lm(ROOT / "checkpoints" / "shakespeare"), texts, source)))
+        return
     for text in texts[:20]:
         predictor.predict(text)
     single = []

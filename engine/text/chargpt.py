@@ -262,7 +262,10 @@ def trace_step(model: CharGPT) -> torch.jit.ScriptModule | None:
     records one run: a Python branch on a tensor's value would be frozen into it), checked over more characters
     than the ring holds. Why: one character is about sixty small tensor operations; called from Python each
     pays microseconds of overhead and, in a web server, a trip to win back the interpreter lock. The graph runs
-    them in C++ (shakespeare, int8, 2 threads: about twice the characters per second; benchmarks/text_speed.py)."""
+    them in C++: shakespeare, int8, about twice the characters per second of step() (2026-12-07,
+    benchmarks/text_speed.py --compare-eager). torch.compile does worse: it splits the step at every int8 Linear
+    (slower than step()), and compiled in float32 (42 s to compile) it is no faster than the float32 graph, a third
+    of the int8 graph's speed. If a later PyTorch no longer traces, this returns None and step() samples."""
     import warnings
 
     block = model.config.block_size

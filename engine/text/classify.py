@@ -206,11 +206,13 @@ class TextPredictor:
 
 
 def trace_for_cpu(model: nn.Module, tokenizer) -> torch.jit.ScriptModule | None:
-    """The classifier as one TorchScript graph, or None if it cannot be traced faithfully. Why: in a web server
-    many threads share one Python interpreter lock. The eager encoder makes about a hundred Python calls per
-    batch and must win the lock back after each; the graph runs them all in C++ and asks once. With text being
-    generated in another thread, a sentence's explanation took 21 ms p50 eager and 13 ms traced
-    (7 ms vs 9 ms alone). The graph is checked against the eager model on a batch of other shapes first."""
+    """The classifier as one TorchScript graph, or None if it cannot be traced faithfully (or a later PyTorch
+    no longer traces: the model then runs eagerly). Why: the eager encoder makes about a hundred Python calls
+    per batch, each with its overhead and, in a web server, a trip to win back the interpreter lock; the graph
+    runs them all in C++. sst2, one sentence on one thread: p50 5.9 ms against 10.9 ms eager (2026-12-07,
+    benchmarks/text_speed.py --compare-eager). The supported routes do worse with the int8 layers: torch.compile
+    splits the model at every int8 Linear (17.5 ms), torch.export cannot export their packed weights.
+    The graph is checked against the eager model on a batch of other shapes first."""
     import warnings
 
     example = tokenizer(["a first example sentence", "two"], padding=True, return_tensors="pt")
