@@ -295,12 +295,19 @@ class RayBackend:
                 ray.init(**kwargs, ignore_reinit_error=True, logging_level="WARNING")
             except BaseException as error:  # noqa: BLE001 - handed to the waiting thread
                 outcome["error"] = error
+                return
+            if self.address == "local":
+                # Ray starts its local processes with PR_SET_PDEATHSIG, which Linux ties to the creating *thread*:
+                # were this thread to end, its GCS and raylet would die with it (and Ray then ends this process).
+                threading.Event().wait()
 
         # ray.init can retry an unreachable address for minutes; wait for it in a thread we can give up on
         thread = self._connecting = threading.Thread(target=init, name="minilab-ray-connect", daemon=True)
         thread.start()
-        thread.join(self.connect_timeout_s)
-        if thread.is_alive():
+        deadline = time.monotonic() + self.connect_timeout_s
+        while thread.is_alive() and not ray.is_initialized() and "error" not in outcome and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if thread.is_alive() and not ray.is_initialized():
             raise UserError(f"Could not reach the Ray cluster at {self.address} within "
                             f"{self.connect_timeout_s:g} s (MINILAB_RAY_ADDRESS). Is it running?")
         if "error" in outcome:

@@ -115,6 +115,7 @@ def test_train_cartpole_from_scratch_reports_the_solve_metrics(tmp_path):
                 "total_seconds", "final100_mean"):
         assert key in report
     assert report["total_steps"] >= 2000 and (tmp_path / "agent" / "card.json").is_file()
+    assert report["backend"] == "local" and report["node"]  # no MINILAB_RAY_ADDRESS: it ran right here
     bad = run_cli("train", "cartpole", "--budget-steps", "-5", "--out", str(tmp_path / "bad"), "--json")
     assert bad.returncode == 2 and not (tmp_path / "bad").exists()
 

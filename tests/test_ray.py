@@ -220,3 +220,17 @@ def test_a_real_dqn_training_via_ray_leaves_a_loadable_agent(runner):
     assert status.events and Path(status.result["folder"]).is_dir()
     qnet, card = load_agent(status.result["folder"])
     assert card["task"] and sum(p.numel() for p in qnet.parameters()) > 0
+
+
+def test_the_cli_trains_on_the_cluster_and_says_where(cluster, tmp_path, monkeypatch, capsys):
+    """`MINILAB_RAY_ADDRESS=... python -m engine train ...`: the job runs on a node, the model lands at --out here."""
+    import json
+
+    from engine.__main__ import main
+
+    monkeypatch.setenv("MINILAB_RAY_ADDRESS", "local")
+    out = tmp_path / "agent"
+    assert main(["train", "cartpole", "--budget-steps", "600", "--out", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["backend"] == "ray" and "Ray node" in result["node"] and result["model"] == str(out)
+    assert (out / "weights.safetensors").is_file() and (out / "card.json").is_file()
