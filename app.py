@@ -12,6 +12,12 @@ import os
 import threading
 import time
 
+# Gradio's queue recomputes a summary of its last 10,000 events (a pandas DataFrame, a group-by, percentiles) after
+# every single event, by default, for its monitoring page; minilab does not show that page. Under load that took
+# more of the interpreter lock than some predictions: summarise every 1,000 events, over the last 1,000.
+os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000")
+os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "1000")
+
 from demos import zerogpu  # noqa: I001 - first: on ZeroGPU `spaces` must be imported before anything touches CUDA
 import gradio as gr
 

@@ -29,6 +29,7 @@ HUB_BACKBONES = [(f"{name} (hub, probe only)", name) for name in
                  ("torchvision/resnet50", "torchvision/mobilenet_v3_large", "torchvision/efficientnet_b0",
                   "google/vit-base-patch16-224")]
 NO_UPLOAD = "Upload data to see what minilab understood."
+POLL_S = 1.0  # how often the page asks for progress
 IDLE = "No training yet: upload data, check what was understood, and press **Train**."
 
 
@@ -290,7 +291,19 @@ def poll(owner: str | None, request: gr.Request):
                 gr.Gallery(value=gallery, visible=kind == "image" and bool(gallery)),
                 gr.Dataframe(value=table, visible=kind == "text" and table is not None and len(table) > 0),
                 download, gr.Timer(active=False))
-    return (_progress_markdown(job), loss, accuracy, "", *hidden, None, gr.Timer(active=not job.done))
+    if job.done:  # ended without a model
+        return (_progress_markdown(job), loss, accuracy, "", *hidden, None, gr.Timer(active=False))
+    # Still training: plain values only. Any component update (gr.Plot(visible=...), gr.Timer(...), even gr.skip())
+    # makes Gradio rebuild that component's whole config, JSON schemas and all; at one poll a second per trainer,
+    # that was most of what a training job cost the web server. The result panels were hidden when the job
+    # started, so empty values leave them as they are; the timer's value is its interval.
+    return (_progress_markdown(job), loss, accuracy, "", None, None, [], None, None, POLL_S)
+
+
+def clear_results():
+    """A new job starts: the previous one's results go (once, rather than at every poll)."""
+    return ("", gr.Plot(value=None, visible=False), gr.Dataframe(value=None, visible=False),
+            gr.Gallery(value=[], visible=False), gr.Dataframe(value=None, visible=False), None)
 
 
 # ---- 4. use it ----------------------------------------------------------------------------------------------
@@ -507,7 +520,7 @@ def build(owner: gr.BrowserState) -> dict:
             token = gr.Textbox(label="Access token (write)", type="password")
             push_button = gr.Button("Push")
         push_message = gr.Markdown()
-    timer = gr.Timer(1.0, active=False)
+    timer = gr.Timer(POLL_S, active=False)
 
     kind.change(kind_changed, inputs=kind, outputs=[image_settings, text_settings, chargpt_settings, hint,
                                                     try_image_input, try_text_input, try_image_button, try_text_button, samples,
@@ -520,7 +533,10 @@ def build(owner: gr.BrowserState) -> dict:
     kind.change(inspect_upload, inputs=[kind, files], outputs=[summary, samples], api_name=False)  # a zip read as text says so
     settings = [backbone, strategy, text_backbone, text_strategy, init, budget, epochs, lr, batch_size, val_fraction,
                 image_size, flip, seed, start_weight, architecture]
-    train_button.click(start, inputs=[owner, kind, files, *settings], outputs=[owner, timer], api_name="finetune_start")
+    started = train_button.click(start, inputs=[owner, kind, files, *settings], outputs=[owner, timer],
+                                 api_name="finetune_start")
+    started.success(clear_results, outputs=[results, confusion, per_class, mistakes, text_mistakes, download],
+                    api_name=False, show_progress="hidden")
     pause_button.click(lambda o: control("pause", o), inputs=owner, outputs=timer, api_name="finetune_pause")
     resume_button.click(lambda o: control("resume", o), inputs=owner, outputs=timer, api_name="finetune_resume")
     cancel_button.click(lambda o: control("cancel", o), inputs=owner, outputs=timer, api_name="finetune_cancel")

@@ -21,6 +21,8 @@ from engine.registry import default_registry, model_entry_for_folder
 TASK = "rl"
 WATCH_DIR = Path(tempfile.gettempdir()) / "minilab-rl-videos"
 
+POLL_S = 1.0  # how often the page asks a training job for progress
+
 
 def agent_choices(owner: str | None) -> list[tuple[str, str]]:
     return [(f"{e.name}  ·  {e.source}", e.name) for e in default_registry().list(TASK, owner)]
@@ -91,7 +93,9 @@ def start(owner: str | None, *settings):
     if any(job.state in LIVE_STATES and job.name == "cartpole" for job in runner.jobs(owner)):
         raise UserError("Your agent is still training: cancel it before starting another.")
     config = _config_from(*settings)
-    runner.submit(owner, training_job(config), name="cartpole", config={"total_steps": config.total_steps})
+    name = f"my-cartpole-{uuid.uuid4().hex[:6]}"
+    runner.submit(owner, training_job(config, name=name), name="cartpole",
+                  config={"total_steps": config.total_steps, "model_name": name})
     return owner, gr.Timer(active=True)
 
 
@@ -138,14 +142,17 @@ def poll(owner: str | None, agent_name: str):
         + [{"step": e["step"], "value": e["loss"], "series": "loss"} for e in episodes if e.get("loss") is not None])
     dropdown, download = gr.Dropdown(), None
     if made_model(job):
-        name = f"my-cartpole-{job.id[:6]}"
+        name = job.result.get("name") or f"my-cartpole-{job.id[:6]}"
         registry = default_registry()
         if name not in [e.name for e in registry.list(TASK, owner)]:
             registry.add(model_entry_for_folder(Path(job.result["folder"]), name, "session", session=owner))
         dropdown = gr.Dropdown(choices=agent_choices(owner), value=name)
         download = model_zip(Path(job.result["folder"]), name)
+    if not job.done:  # plain values while it trains: any component update makes Gradio rebuild its whole config
+        return (_progress_markdown(job), returns if len(returns) else None, learning if len(learning) else None,
+                agent_name, None, POLL_S)
     return (_progress_markdown(job), returns if len(returns) else None, learning if len(learning) else None, dropdown,
-            download, gr.Timer(active=not job.done))
+            download, gr.Timer(active=False))
 
 
 @friendly_errors
@@ -223,7 +230,7 @@ def build(owner: gr.BrowserState | None = None) -> dict:
     with gr.Row():
         download = gr.File(label="Your agent (zip): load it again below", interactive=False)
         upload = gr.File(label="Load an agent zip", file_types=[".zip"])
-    timer = gr.Timer(1.0, active=False)
+    timer = gr.Timer(POLL_S, active=False)
 
     play_button.click(play, inputs=[agent, seed, owner], outputs=[video, verdict], api_name="rl_play")
     seed_examples.load_input_event.then(play, inputs=[agent, seed, owner], outputs=[video, verdict], api_name=False)  # a click plays it

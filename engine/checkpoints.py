@@ -178,8 +178,10 @@ def unpack_model_zip(zip_path: str | Path, into: str | Path) -> Path:
 def zip_model_folder(folder: str | Path, zip_path: str | Path) -> Path:
     """Pack a model folder for download; the zip loads again through unpack_model_zip."""
     folder, zip_path = Path(folder), Path(zip_path)
-    with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+    partial = zip_path.with_name(zip_path.name + ".partial")  # renamed when complete: never a half-written zip
+    with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for path in sorted(folder.rglob("*")):
             if path.is_file():
                 archive.write(path, Path(folder.name) / path.relative_to(folder))
+    partial.replace(zip_path)
     return zip_path

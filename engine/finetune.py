@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from engine.checkpoints import zip_model_folder
 from engine.errors import UserError
 from engine.jobs import JobContext
 
@@ -82,4 +83,6 @@ def _finetune_in_job(kind: str, paths: list[str], config, name: str, command: st
     result = run_finetune(kind, copies, config, ctx.workdir, ctx.workdir / name, lambda event: ctx.report(**event),
                           ctx.should_stop, command)
     shutil.rmtree(upload, ignore_errors=True)  # the model is what stays; the data was the user's
+    # The download zip is made here, in the job's process, not by the web server when the page asks for it.
+    zip_model_folder(result["folder"], Path(result["folder"]).parent / f"{name}.zip")
     return {**result, "kind": kind, "name": name}

@@ -32,8 +32,10 @@ import time
 import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from engine.jobs import JobContext, JobControl, JobFailed, JobStopped
+if TYPE_CHECKING:  # engine.jobs imports torch: a worker must not, before it has lowered its priority
+    from engine.jobs import JobContext, JobControl
 
 ROOT = Path(__file__).resolve().parents[1]
 POLL_S = 0.1  # how often a supervising thread checks for messages, the stop wish, and the worker's memory
@@ -55,6 +57,26 @@ def default_memory_mb() -> float:
         return total_kb / 1024 / 2
     except (OSError, StopIteration, ValueError):
         return 8192.0
+
+
+def job_cpus() -> set[int] | None:
+    """The CPUs training jobs may use: MINILAB_JOB_CPUS ("1", "2-7", "1,3"; "all"), by default every CPU but the
+    first when there are two or more, so that the web server always has one core no job has warmed its caches on.
+    None: no restriction."""
+    raw = os.environ.get("MINILAB_JOB_CPUS", "").strip().lower()
+    if not hasattr(os, "sched_getaffinity") or raw == "all":
+        return None
+    available = sorted(os.sched_getaffinity(0))
+    if not raw:
+        return set(available[1:]) if len(available) >= 2 else None
+    chosen = set()
+    for part in raw.split(","):
+        first, _, last = part.partition("-")
+        try:
+            chosen.update(range(int(first), int(last or first) + 1))
+        except ValueError:
+            return None
+    return (chosen & set(available)) or None
 
 
 def rss_mb(pid: int) -> float:
@@ -169,6 +191,8 @@ class ProcessBackend:
 
     def _supervise(self, worker: Worker, control: JobControl) -> object:
         """Relay messages both ways until the worker ends, then turn how it ended into a result or an exception."""
+        from engine.jobs import JobFailed, JobStopped
+
         ctx = control.context
         try:
             send(worker.conn, ("job", control.fn, ctx.job_id, str(ctx.workdir), ctx.config, control.threads))
@@ -278,9 +302,16 @@ def worker_main(fd: int, nice: int) -> None:
         Path("/proc/self/oom_score_adj").write_text("1000")  # if memory runs out, kill a job, not the server
     except OSError:
         pass
+    cpus = job_cpus()
+    if cpus:
+        try:
+            os.sched_setaffinity(0, cpus)
+        except OSError:
+            pass
     import torch  # noqa: F401 - the slow import, done while the worker waits as a spare
 
     from engine.device import set_threads
+    from engine.jobs import JobContext, _describe
 
     try:
         message = receive(conn)
@@ -328,7 +359,6 @@ def worker_main(fd: int, nice: int) -> None:
             tell("error", f"the job's result could not be sent back: {type(error).__name__}: {error}")
     except BaseException as exc:  # noqa: BLE001 - every ending is reported
         from engine.errors import UserError
-        from engine.jobs import _describe
 
         if not isinstance(exc, UserError):
             traceback.print_exc()  # into the server's log: the worker shares its stderr

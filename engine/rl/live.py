@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from engine.checkpoints import zip_model_folder
 from engine.device import set_threads
 from engine.jobs import JobContext
 from engine.rl.dqn import DQNConfig, evaluate_agent, play_episodes, save_agent, train_dqn
@@ -63,18 +64,19 @@ def compare_returns(qnet: nn.Module, first_seed: int = 0, episodes: int = 20) ->
     return {"seeds": seeds, "agent": [float(r) for r in agent], "random": [float(r) for r in random_returns]}
 
 
-def training_job(config: DQNConfig, command: str = "minilab RL tab") -> Callable[[JobContext], dict]:
+def training_job(config: DQNConfig, command: str = "minilab RL tab", name: str = "agent") -> Callable[[JobContext], dict]:
     """A job for engine.jobs: train, report each episode, stop on cancel, and save the agent in the job's
     folder. A cancelled run still saves what it learned so far. A partial of a module-level function, so that
     it can be pickled for a worker process or a Ray node."""
-    return functools.partial(_train_in_job, replace(config).validate(), command)
+    return functools.partial(_train_in_job, replace(config).validate(), command, name)
 
 
-def _train_in_job(config: DQNConfig, command: str, ctx: JobContext) -> dict:
+def _train_in_job(config: DQNConfig, command: str, name: str, ctx: JobContext) -> dict:
     # A small MLP on batches of 64 trains faster on one thread than on an OpenMP team: on 2 cores,
     # `python -m engine train cartpole` took 56.7 s with --threads 1 and 75.1 s with --threads 2.
     set_threads(1)
     qnet, metrics = train_dqn(config, on_progress=lambda event: ctx.report(**event), should_stop=ctx.should_stop)
     metrics = {k: v for k, v in metrics.items() if k != "evals"}
     folder = save_agent(qnet, ctx.workdir / "agent", config, metrics, command)
-    return {"folder": str(folder), "metrics": metrics}
+    zip_model_folder(folder, ctx.workdir / f"{name}.zip")  # the download, made here rather than by the web server
+    return {"folder": str(folder), "metrics": metrics, "name": name}

@@ -464,4 +464,7 @@ def _fit_in_job(texts: list[str], labels: list[str], config: FewShotConfig, type
     result = fit_fewshot(texts, labels, config, typed, lambda event: ctx.report(**event), ctx.should_stop,
                          out=ctx.workdir / name, command=command)
     result.pop("classifier")  # holds the float32 encoder: the saved folder is what stays
+    from engine.checkpoints import zip_model_folder
+
+    zip_model_folder(result["folder"], Path(result["folder"]).parent / f"{name}.zip")  # the download, made here
     return {**result, "name": name}
