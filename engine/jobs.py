@@ -5,10 +5,10 @@ must be cancellable without losing the best model so far. So a job lives here, n
 
 - submit() puts a job in a FIFO queue; at most `max_concurrent` jobs run at once (one heavy job per device
   by default). When one ends, the next queued job starts. Each running job has a supervising daemon thread here.
-- Where the training itself runs is a backend: "thread" (that supervising thread: tests, and the CLI's simplest
-  path), "process" (a spawned worker process, engine.workers: the app's default, so a job never holds the web
+- Where the training itself runs is a backend: "thread" (that supervising thread: what unit tests use),
+  "process" (a spawned worker process, engine.workers: the app's default, so a job never holds the web
   server's interpreter lock and a crash or an out-of-memory kill takes one job, not the server), or "ray"
-  (a task on a Ray cluster, engine.ray_jobs). Process and Ray jobs need a picklable function: a module-level
+  (an actor on a Ray cluster, engine.ray_jobs). Process and Ray jobs need a picklable function: a module-level
   function, or a functools.partial of one.
 - The training function gets a JobContext: report() progress, check should_stop() every step (it blocks
   while the job is paused, and turns True on cancel or when the time limit passes), save_best() the best
@@ -161,8 +161,8 @@ class JobControl:
 
 
 class ThreadBackend:
-    """Run the job in the runner's own thread: no start-up cost, everything shared. Tests use it; so does a
-    single-user CLI run. A crash in native code takes the process with it, which is why the app does not."""
+    """Run the job in the runner's own thread: no start-up cost, everything shared. Unit tests use it. A crash in
+    native code takes the process with it, which is why the app does not."""
 
     name = "thread"
 

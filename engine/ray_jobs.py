@@ -45,6 +45,8 @@ from typing import Any
 
 from engine.errors import UserError
 from engine.jobs import JobContext, JobControl, JobFailed, JobStopped, _describe
+from engine.workers import env_float as _env_float
+from engine.workers import make_way_for_the_server
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout every node must have at this same path
 POLL_S = 0.25  # how often run() asks the actor for news and checks the runner's wish
@@ -52,14 +54,6 @@ CALL_TIMEOUT_S = 60.0  # a control call the actor does not answer in this long: 
 LOST_S = 90.0  # how long an unreachable actor may take to be declared dead or to answer again (Ray's node health
 # check declares a silent node dead after about 30 s by default)
 INSTALL_HINT = "pip install -r requirements-ray.txt"
-
-
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    try:
-        return float(raw) if raw else default
-    except ValueError:
-        return default
 
 
 def _import_ray():
@@ -123,11 +117,8 @@ class JobActor:
         """Run the job to its end: {"result", "zip", "workdir"} or {"error": one line}. Never raises, so the
         caller can tell the job's own failure from a lost node. `inputs` are the files the job reads (uploads),
         by their path on the submitting machine; the job finds its copies through ctx.input_path()."""
-        if self.nice > 0 and hasattr(os, "nice"):
-            try:
-                os.nice(min(19, self.nice))  # this process is the job's alone
-            except OSError:
-                pass
+        # This process is the job's alone. On the app's own machine (local), it also keeps off the server's core.
+        make_way_for_the_server(self.nice, pin=os.environ.get("MINILAB_RAY_ADDRESS", "").strip() == "local")
         from engine.device import set_threads
 
         set_threads(self.threads)

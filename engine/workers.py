@@ -41,7 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 POLL_S = 0.1  # how often a supervising thread checks for messages, the stop wish, and the worker's memory
 
 
-def _env_float(name: str, default: float) -> float:
+def env_float(name: str, default: float) -> float:
+    """A number from the environment; the default when unset or unreadable."""
     raw = os.environ.get(name, "").strip()
     try:
         return float(raw) if raw else default
@@ -147,9 +148,9 @@ class ProcessBackend:
     name = "process"
 
     def __init__(self, grace_s: float | None = None, memory_mb: float | None = None, spare: bool = True):
-        self.grace_s = _env_float("MINILAB_CANCEL_GRACE", 10.0) if grace_s is None else grace_s
+        self.grace_s = env_float("MINILAB_CANCEL_GRACE", 10.0) if grace_s is None else grace_s
         self.memory_mb = (memory_mb if memory_mb is not None
-                          else _env_float("MINILAB_JOB_MEMORY_MB", 0.0) or default_memory_mb())
+                          else env_float("MINILAB_JOB_MEMORY_MB", 0.0) or default_memory_mb())
         self.keep_spare = spare
         self._lock = threading.Lock()
         self._spare: Worker | None = None
@@ -285,29 +286,31 @@ class ProcessBackend:
 
 # ---- the worker's side ------------------------------------------------------------------------------------
 
+def make_way_for_the_server(nice: int, pin: bool) -> None:
+    """Lower the calling thread (and every thread it starts later, PyTorch's included) below the web server:
+    nice, Linux's idle class at nice 19 (the CPU time the server leaves; a waking request never waits for a job),
+    the cores of job_cpus() when `pin`, and first in line for the kernel's out-of-memory killer. Called before
+    torch is imported where possible. Each step is skipped where the system does not allow it."""
+    steps = []
+    if nice > 0 and hasattr(os, "nice"):
+        steps.append(lambda: os.nice(min(19, nice)))
+    if nice >= 19 and hasattr(os, "SCHED_IDLE"):
+        steps.append(lambda: os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0)))
+    cpus = job_cpus() if pin else None
+    if cpus:
+        steps.append(lambda: os.sched_setaffinity(0, cpus))
+    steps.append(lambda: Path("/proc/self/oom_score_adj").write_text("1000"))
+    for step in steps:
+        try:
+            step()
+        except OSError:
+            pass
+
+
 def worker_main(fd: int, nice: int) -> None:
     """Wait for one job, run it, send back how it ended, exit. Runs in the spawned process."""
     conn = Connection(fd)
-    if nice > 0 and hasattr(os, "nice"):
-        try:
-            os.nice(min(19, nice))  # before torch starts its threads: they inherit it
-        except OSError:
-            pass
-    if nice >= 19 and hasattr(os, "SCHED_IDLE"):
-        try:  # Linux's lowest class: the CPU time the server leaves, and wake-ups never delayed by a job
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        except OSError:
-            pass
-    try:
-        Path("/proc/self/oom_score_adj").write_text("1000")  # if memory runs out, kill a job, not the server
-    except OSError:
-        pass
-    cpus = job_cpus()
-    if cpus:
-        try:
-            os.sched_setaffinity(0, cpus)
-        except OSError:
-            pass
+    make_way_for_the_server(nice, pin=True)
     import torch  # noqa: F401 - the slow import, done while the worker waits as a spare
 
     from engine.device import set_threads
