@@ -234,3 +234,16 @@ def test_a_training_worker_killed_mid_job_fails_that_job_only(client, tmp_path):
     assert client.predict(api_name="/system_status")[3]  # another request, answered
     client.predict(owner, "Images", [upload], *QUICK_IMAGES, api_name="/finetune_start")
     assert "done" in wait_until_done(client, owner)[0]
+
+
+def test_a_job_stopped_by_force_says_how():
+    """The worker's one-line reason reaches the progress line, beside "kept the best model so far"."""
+    from demos.finetune import _progress_markdown
+    from engine.jobs import JobStatus
+
+    job = JobStatus(id="x", name="finetune-image", state="cancelled", queue_position=0, progress={}, events=[],
+                    elapsed=3.0, error=None, result={"folder": "somewhere"}, created=0.0, started=0.0, finished=1.0,
+                    config={"time_budget": 10}, backend="process", node="worker pid 1",
+                    reason="stopped by force 10 s after the stop request")
+    line = _progress_markdown(job)
+    assert "kept the best model so far" in line and "stopped by force 10 s" in line
