@@ -193,7 +193,7 @@ def _progress_markdown(job) -> str:
     status = {"running": "🏃 training", "paused": "⏸ paused", "succeeded": "✅ done",
               "cancelled": "⏹ cancelled (kept the best model so far)", "timed_out": "⏱ time limit reached",
               "failed": f"❌ failed: {job.error}"}[job.state]
-    if job.reason and job.state != "failed":  # stopped by force: say how
+    if getattr(job, "reason", None) and job.state != "failed":  # stopped by force: say how
         status += f": {job.reason}"
     return f"**{status}**  \n{line}"
 

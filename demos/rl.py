@@ -125,7 +125,7 @@ def _progress_markdown(job) -> str:
     line = f"`{bar}` step **{step:,}** / {total:,} · {job.elapsed:.0f} s" + (f" · about {eta:.0f} s left" if eta and job.state == "running" else "")
     status = {"running": "🏃 training", "paused": "⏸ paused", "succeeded": "✅ done", "cancelled": "⏹ cancelled (kept what it learned)",
               "timed_out": "⏱ time limit reached (kept what it learned)", "failed": f"❌ failed: {job.error}"}[job.state]
-    if job.reason and job.state != "failed":  # stopped by force: say how
+    if getattr(job, "reason", None) and job.state != "failed":  # stopped by force: say how
         status += f": {job.reason}"
     return f"**{status}**  \n{line}"
 
