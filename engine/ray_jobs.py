@@ -45,8 +45,7 @@ from typing import Any
 
 from engine.errors import UserError
 from engine.jobs import JobContext, JobControl, JobFailed, JobStopped, _describe
-from engine.workers import env_float as _env_float
-from engine.workers import make_way_for_the_server
+from engine.workers import env_float as _env_float, make_way_for_the_server
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout every node must have at this same path
 POLL_S = 0.25  # how often run() asks the actor for news and checks the runner's wish

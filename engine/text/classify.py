@@ -312,6 +312,17 @@ def evaluate_predictor(predictor: TextPredictor, texts: list[str], labels: list[
             "confusion": confusion, "classes": classes, "predicted": predicted, "probabilities": probs}
 
 
+def pad_token_ids(sequences: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists -> a right-padded (batch, longest) id tensor and its attention mask."""
+    width = max(len(seq) for seq in sequences)
+    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, :len(seq)] = torch.tensor(seq)
+        mask[row, :len(seq)] = 1
+    return ids, mask
+
+
 def train_text_classifier(train_texts: list[str], train_labels: list[str], val_texts: list[str], val_labels: list[str],
                           config: TextTrainConfig, on_progress: ProgressFn | None = None,
                           should_stop: Callable[[], bool] = lambda: False, device: torch.device | str = "cpu",
@@ -362,12 +373,7 @@ def train_text_classifier(train_texts: list[str], train_labels: list[str], val_t
                     yield groups[g]
 
     def collate(chosen: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        width = max(len(encoded[i]) for i in chosen)
-        ids = torch.full((len(chosen), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chosen), width), dtype=torch.long)
-        for row, i in enumerate(chosen):
-            ids[row, :len(encoded[i])] = torch.tensor(encoded[i])
-            mask[row, :len(encoded[i])] = 1
+        ids, mask = pad_token_ids([encoded[i] for i in chosen], pad)
         return ids.to(device), mask.to(device), targets[chosen].to(device)
 
     def validate() -> float:

@@ -253,7 +253,7 @@ def train_setfit(texts: list[str], labels: list[str], names: list[str], config: 
     merged, eval mode), its tokenizer, the adapters' trained weights (to save) and a training summary."""
     from engine.device import training_autocast
     from engine.safe_import import import_names
-    from engine.text.classify import BASE_PACKAGE, TextClassifier, base_folder
+    from engine.text.classify import BASE_PACKAGE, TextClassifier, base_folder, pad_token_ids
     from engine.text.zeroshot import expand_label
 
     AutoTokenizer, = import_names("transformers", "AutoTokenizer")
@@ -297,12 +297,7 @@ def train_setfit(texts: list[str], labels: list[str], names: list[str], config: 
         if elapsed >= deadline or should_stop():
             break
         rows = batch()
-        width = max(len(encoded[i]) for i in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, i in enumerate(rows):
-            ids[r, :len(encoded[i])] = torch.tensor(encoded[i])
-            mask[r, :len(encoded[i])] = 1
+        ids, mask = pad_token_ids([encoded[i] for i in rows], pad)
         fraction = max(step / max(1, config.max_steps), elapsed / max(deadline, 1e-6))
         for group in optimizer.param_groups:  # warm-up, then cosine decay over steps or time, whichever ends first
             group["lr"] = config.lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, fraction)))
